@@ -1,0 +1,101 @@
+"""The public check API: what a check receives and what it returns.
+
+A check is an async callable ``check(ctx: CheckContext) -> CheckResult``. It is
+registered under a name (entry point group ``watcher.checks``) or referred to by
+a dotted path ``package.module:name`` in the YAML. Built-in checks in ``checks/``
+use only this module, exactly as a third-party plugin would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+ENTRY_POINT_GROUP = "watcher.checks"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One declared resource, as the check sees it."""
+
+    id: str
+    url: str
+    method: str = "GET"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    secret_headers: frozenset[str] = frozenset()
+
+
+class SchedulerUpsert(Protocol):
+    """Fenced upsert of the running check's own scheduler (BullMQ's pattern).
+
+    Returns False when the write was fenced off: a newer run already wrote, or
+    the resource was reconfigured since this run fired.
+    """
+
+    def __call__(
+        self, *, state: Mapping[str, Any] | None = None, every: float | None = None
+    ) -> Awaitable[bool]: ...
+
+
+@dataclass
+class CheckContext:
+    resource: Resource
+    state: dict[str, Any]
+    """What the previous successful run returned (validators and the like); empty on the first run."""
+    client: httpx.AsyncClient
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    upsert: SchedulerUpsert
+
+    @property
+    def first_run(self) -> bool:
+        return not self.state
+
+
+@dataclass
+class CheckResult:
+    changed: bool
+    state: dict[str, Any]
+    summary: str
+    details: str | None = None
+    status_code: int | None = None
+    not_modified: bool = False
+    """True when the server answered 304: nothing was transferred."""
+    baseline: bool = False
+    """True on the first run: the state was recorded, nothing is reported as a change."""
+    every: float | None = None
+    """A new interval in seconds for the next runs, or None to keep the schedule."""
+
+
+class CheckFailed(Exception):
+    """A permanent failure: recorded, shown in status, not retried."""
+
+    def __init__(self, reason: str, *, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+
+
+class TransientCheckError(CheckFailed):
+    """A failure worth retrying with backoff (connect error, timeout, 5xx, 429)."""
+
+    def __init__(
+        self, reason: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(reason, status_code=status_code)
+        self.retry_after = retry_after
+
+
+Check = Callable[[CheckContext], Awaitable[CheckResult]]
+
+VALIDATOR_KEYS = ("etag", "last_modified", "content_hash")
+
+
+def validators(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The validator part of a state, as recorded in the change history."""
+    return {key: state[key] for key in VALIDATOR_KEYS if state.get(key) is not None}
