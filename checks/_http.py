@@ -1,0 +1,190 @@
+"""HTTP pieces the built-in checks share: bounded redirects, a capped body, error classes.
+
+Imports only watcher's public check API and httpx, as a third-party plugin would.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC
+
+import httpx
+
+from watcher.check import CheckContext, CheckFailed, TransientCheckError
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Never forwarded to another origin when following a redirect.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+@asynccontextmanager
+async def stream(
+    ctx: CheckContext, *, headers: Mapping[str, str] | None = None, follow: bool = True
+) -> AsyncIterator[httpx.Response]:
+    """The resource's final response after bounded redirects, body unread; closed on exit."""
+    resource = ctx.resource
+    max_redirects = int(resource.options.get("max_redirects", DEFAULT_MAX_REDIRECTS))
+    method = resource.method.upper()
+    sent = {**resource.headers, **(headers or {})}
+    url = httpx.URL(resource.url)
+    hops = [url]
+    while True:
+        response = await _send(ctx.client, method, url, sent, resource.timeout)
+        try:
+            target = _redirect_target(response) if follow else None
+            if target is None:
+                yield response
+                return
+        finally:
+            await response.aclose()
+        if target in hops:
+            raise CheckFailed(f"redirect loop: {_path(hops, target)}")
+        if len(hops) > max_redirects:
+            raise CheckFailed(f"too many redirects (limit {max_redirects}): {_path(hops, target)}")
+        if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+            method = "GET"
+        if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+            secret = CREDENTIAL_HEADERS | {name.lower() for name in resource.secret_headers}
+            sent = {name: value for name, value in sent.items() if name.lower() not in secret}
+        hops.append(target)
+        url = target
+
+
+async def read_body(ctx: CheckContext, response: httpx.Response) -> bytes:
+    """The decoded body, at most ``options["max_bytes"]`` bytes; a truncated body fails."""
+    max_bytes = int(ctx.resource.options.get("max_bytes", DEFAULT_MAX_BYTES))
+    status = response.status_code
+    if response.request.method == "HEAD" or status in (204, 304):
+        return b""
+    declared = _content_length(response)
+    if declared is not None and declared > max_bytes:
+        raise CheckFailed(
+            f"body too large: Content-Length {declared} exceeds the {max_bytes}-byte cap "
+            "(option max_bytes)",
+            status_code=status,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise CheckFailed(
+                    f"body too large: more than the {max_bytes}-byte cap (option max_bytes)",
+                    status_code=status,
+                )
+            chunks.append(chunk)
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        raise CheckFailed(f"truncated body: {_text(exc)}", status_code=status) from exc
+    except httpx.DecodingError as exc:
+        raise CheckFailed(f"cannot decode body: {_text(exc)}", status_code=status) from exc
+    except httpx.HTTPError as exc:
+        raise transport_error(exc, response.url) from exc
+    # Transports do not all check Content-Length; compare the bytes that came off the wire.
+    if declared is not None and response.num_bytes_downloaded != declared:
+        raise CheckFailed(
+            f"truncated body: received {response.num_bytes_downloaded} bytes, "
+            f"Content-Length says {declared}",
+            status_code=status,
+        )
+    return b"".join(chunks)
+
+
+def require_success(response: httpx.Response) -> None:
+    """Raise the check error for anything but a 2xx: transient for 429 and 5xx."""
+    status = response.status_code
+    label = f"{status} {response.reason_phrase}".strip()
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(header(response, "retry-after"))
+        raise TransientCheckError(label, status_code=status, retry_after=retry_after)
+    if status >= 400:
+        raise CheckFailed(label, status_code=status)
+    if not response.is_success:
+        raise CheckFailed(f"unexpected status {label}", status_code=status)
+
+
+def transport_error(exc: httpx.HTTPError, url: httpx.URL | str) -> CheckFailed:
+    """The check error for a failed exchange: transient unless retrying cannot help."""
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return CheckFailed(f"invalid request to {url}: {_text(exc)}")
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientCheckError(f"timed out: {url}: {_text(exc)}")
+    if isinstance(exc, httpx.ConnectError):
+        return TransientCheckError(f"cannot connect: {url}: {_text(exc)}")
+    return TransientCheckError(f"transport error: {url}: {_text(exc)}")
+
+
+def header(response: httpx.Response, name: str) -> str | None:
+    """A response header's value, or None; a non-ASCII value fails the check."""
+    wanted = name.lower().encode()
+    values = [value for key, value in response.headers.raw if key.lower() == wanted]
+    for value in values:
+        if not value.isascii():
+            raise CheckFailed(
+                f"invalid response: non-ASCII {name} header {value!r}",
+                status_code=response.status_code,
+            )
+    return ", ".join(value.decode("ascii") for value in values) if values else None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After value (delay seconds or an HTTP-date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def _send(
+    client: httpx.AsyncClient, method: str, url: httpx.URL, headers: Mapping[str, str], timeout: float
+) -> httpx.Response:
+    try:
+        request = client.build_request(method, url, headers=headers, timeout=timeout)
+    except (httpx.InvalidURL, UnicodeEncodeError) as exc:
+        raise CheckFailed(f"invalid request to {url}: {_text(exc)}") from exc
+    try:
+        return await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise transport_error(exc, url) from exc
+
+
+def _redirect_target(response: httpx.Response) -> httpx.URL | None:
+    if response.status_code not in REDIRECT_STATUSES:
+        return None
+    location = header(response, "location")
+    if not location:
+        raise CheckFailed(
+            f"{response.status_code} redirect without a Location header",
+            status_code=response.status_code,
+        )
+    try:
+        return response.url.join(location)
+    except httpx.InvalidURL as exc:
+        raise CheckFailed(f"invalid redirect Location {location!r}: {exc}") from exc
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _path(hops: list[httpx.URL], target: httpx.URL) -> str:
+    return " → ".join(str(url) for url in [*hops, target])
+
+
+def _text(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

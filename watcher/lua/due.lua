@@ -1,0 +1,19 @@
+-- The schedulers due now, with what computing their next fire time needs.
+-- KEYS[1] = schedulers ZSET. ARGV: prefix, max count.
+-- Returns: server time (ms), the earliest score not returned ("" if none), then 4 fields per
+-- scheduler: id, score, spec, slot.
+local P, limit = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', P .. 'schedulers', '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+local after = redis.call('ZRANGEBYSCORE', P .. 'schedulers', '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local out = {now, after[2] or ''}
+if #due >= 2 * limit then out[2] = now end
+for i = 1, #due, 2 do
+  local s = redis.call('HMGET', P .. 'scheduler:' .. due[i], 'spec', 'slot')
+  out[#out + 1] = due[i]
+  out[#out + 1] = due[i + 1]
+  out[#out + 1] = s[1] or ''
+  out[#out + 1] = s[2] or ''
+end
+return out

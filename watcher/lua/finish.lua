@@ -1,0 +1,60 @@
+-- Finish jobs: complete, fail, or schedule a retry, each only if the caller still holds the
+-- job's lease token (a job whose lease expired and was taken again is not the caller's).
+-- KEYS[1] = active ZSET. ARGV: prefix, keep ms, finished cap, then 7 fields per job:
+--   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none), report ("~" = none)
+-- A completed scheduler run writes its state back fenced: only if the state epoch is unchanged
+-- and no newer run wrote first. Returns one code per job: 1 done, 0 lost lease, 2 state fenced off.
+local P, keep, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for b = 4, #ARGV, 7 do
+  local jid, token, kind, delay, payload, state, report =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+  local jk = P .. 'job:' .. jid
+  local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch')
+  if j[1] ~= token then
+    out[#out + 1] = 0
+  else
+    local code = 1
+    redis.call('ZREM', P .. 'active', jid)
+    local sk = j[2] ~= '' and (P .. 'scheduler:' .. j[2]) or nil
+    if sk and redis.call('EXISTS', sk) == 0 then sk = nil end
+    if kind == 'retry' and tonumber(j[3]) < tonumber(j[4]) then
+      redis.call('HSET', jk, 'st', 'delayed', 'token', '', 'err', payload)
+      redis.call('ZADD', P .. 'delayed', now + tonumber(delay), jid)
+      redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', 'retry', 'job', jid,
+        'scheduler', j[2], 'attempt', j[3], 'delay', delay, 'error', payload)
+      if sk then redis.call('HINCRBY', sk, 'fails', 1) end
+    else
+      if kind == 'ok' then
+        redis.call('HSET', jk, 'st', 'done', 'token', '', 'res', payload, 'finished', now)
+        redis.call('INCR', P .. 'stat:completed')
+      else
+        redis.call('HSET', jk, 'st', 'failed', 'token', '', 'err', payload, 'finished', now)
+        redis.call('INCR', P .. 'stat:failed')
+        redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', 'failed', 'job', jid,
+          'scheduler', j[2], 'attempt', j[3], 'error', payload)
+      end
+      redis.call('PEXPIRE', jk, keep)
+      redis.call('LPUSH', P .. 'finished', jid)
+      redis.call('LTRIM', P .. 'finished', 0, cap - 1)
+      if sk then
+        if redis.call('HGET', sk, 'active') == jid then redis.call('HSET', sk, 'active', '') end
+        if kind == 'ok' then redis.call('HSET', sk, 'fails', 0) else redis.call('HINCRBY', sk, 'fails', 1) end
+        if kind == 'ok' and state ~= '~' then
+          local s = redis.call('HMGET', sk, 'epoch', 'wseq')
+          if s[1] == j[6] and tonumber(j[5]) >= tonumber(s[2]) then
+            redis.call('HSET', sk, 'state', state, 'wseq', j[5])
+            redis.call('HINCRBY', sk, 'rev', 1)
+          else
+            code = 2
+          end
+        end
+      end
+    end
+    if sk and report ~= '~' then redis.call('HSET', sk, 'report', report) end
+    out[#out + 1] = code
+  end
+end
+return out

@@ -1,0 +1,52 @@
+-- Fire due schedulers: a compare-and-set on each one's next fire time, so a tick fires once
+-- however many workers tick at once. KEYS[1] = schedulers ZSET.
+-- ARGV: prefix, then 4 fields per scheduler: id, expected score, next score ("" = ended), next slot.
+-- With overlap off, a tick whose previous run is still pending or active is skipped and counted.
+-- The job carries no data: the run reads the scheduler's data when it starts.
+local P = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fired, skipped = 0, 0
+local live = {wait = true, active = true, delayed = true}
+for b = 2, #ARGV, 4 do
+  local id, expected, nxt, slot = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local score = redis.call('ZSCORE', P .. 'schedulers', id)
+  if score and tonumber(score) == tonumber(expected) then
+    local key = P .. 'scheduler:' .. id
+    local s = redis.call('HMGET', key, 'active', 'overlap', 'limit', 'count', 'attempts')
+    if not s[1] then
+      redis.call('ZREM', P .. 'schedulers', id) -- a scheduler without its hash: nothing to run
+    else
+      local limit, count = tonumber(s[3]) or 0, tonumber(s[4]) or 0
+      local busy = false
+      if s[1] ~= '' and s[2] ~= '1' then
+        busy = live[redis.call('HGET', P .. 'job:' .. s[1], 'st') or ''] == true
+      end
+      if busy then
+        skipped = skipped + 1
+        redis.call('HINCRBY', key, 'skipped', 1)
+        redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', 'skipped',
+          'scheduler', id, 'slot', expected)
+      else
+        local jid = tostring(redis.call('INCR', P .. 'id'))
+        redis.call('HSET', P .. 'job:' .. jid, 'name', '', 'sched', id, 'at', expected,
+          'st', 'wait', 'att', 0, 'max', s[5] or 3, 'created', now)
+        redis.call('RPUSH', P .. 'wait', jid)
+        count = count + 1
+        redis.call('HSET', key, 'active', jid, 'count', count)
+        fired = fired + 1
+      end
+      if nxt == '' or (limit > 0 and count >= limit) then
+        redis.call('ZREM', P .. 'schedulers', id)
+      else
+        redis.call('ZADD', P .. 'schedulers', nxt, id)
+        redis.call('HSET', key, 'slot', slot)
+      end
+    end
+  end
+end
+if fired > 0 then
+  redis.call('LPUSH', P .. 'marker', 1)
+  redis.call('LTRIM', P .. 'marker', 0, 63)
+end
+return {fired, skipped}

@@ -1,0 +1,471 @@
+"""Notifiers: where a detected change is sent (console line, webhook, command)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import re
+import shlex
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+from rich.markup import escape
+
+from watcher import __version__
+from watcher.change import Change
+from watcher.masking import mask_headers
+
+__all__ = [
+    "CommandNotifier",
+    "ConsoleNotifier",
+    "Notifier",
+    "NotifyFailed",
+    "WebhookNotifier",
+    "build_notifiers",
+    "notify_all",
+]
+
+changes_log = logging.getLogger("watcher.changes")
+notify_log = logging.getLogger("watcher.notify")
+
+# Header names that look like credentials even though masking.ALWAYS_SECRET does not list them.
+_SECRET_HINT = re.compile(r"auth|token|secret|key|signature|password|session", re.IGNORECASE)
+# Linux refuses a single environment string over 128 KiB (MAX_ARG_STRLEN) with E2BIG.
+_ENV_JSON_LIMIT = 100_000
+_KILL_GRACE = 2.0
+_STDERR_LINE_LIMIT = 300
+
+
+class NotifyFailed(Exception):
+    """A notifier finally failed to deliver a change (after its own retries)."""
+
+    def __init__(self, notifier: str, resource: str, reason: str, *, logged: bool = False) -> None:
+        super().__init__(f"notifier {notifier!r} failed for {resource!r}: {reason}")
+        self.notifier = notifier
+        self.resource = resource
+        self.reason = reason
+        self.logged = logged
+        """True when the notifier already logged the failure, so callers need not repeat it."""
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Sends one change somewhere.
+
+    A notifier may also expose ``max_duration: float | None``, the longest a ``send`` can take
+    (its timeout and retries included); ``notify_all`` uses it as a hard bound.
+    """
+
+    name: str
+
+    async def send(self, change: Change) -> None: ...
+
+
+def _describe(change: Change) -> str:
+    if change.summary:
+        return change.summary
+    for key, label in (
+        ("etag", "ETag"),
+        ("last_modified", "Last-Modified"),
+        ("content_hash", "content hash"),
+    ):
+        old, new = change.old.get(key), change.new.get(key)
+        if old != new:
+            if key == "content_hash":
+                old, new = (str(v)[:12] if v else v for v in (old, new))
+            return f"{label} {old or 'none'} → {new or 'none'}"
+    return "content changed"
+
+
+class ConsoleNotifier:
+    """One rich log line per change on the ``watcher.changes`` logger."""
+
+    max_duration: float | None = None
+
+    def __init__(self, name: str = "console", logger: logging.Logger | None = None) -> None:
+        self.name = name
+        self._log = logger or changes_log
+
+    def format(self, change: Change) -> str:
+        # Resource ids, validators and summaries come from users and servers: escape them so a
+        # "[" in an ETag cannot be read as (possibly broken) rich markup.
+        line = f"[bold]{escape(change.resource)}[/] changed: {escape(_describe(change))}"
+        if change.status_code is not None:
+            line += f" ({change.status_code})"
+        return line
+
+    async def send(self, change: Change) -> None:
+        self._log.info(self.format(change), extra={"markup": True})
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    reason: str
+    retryable: bool
+    retry_after: float | None = None
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), else None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _exc_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _masked(headers: Mapping[str, str]) -> dict[str, str]:
+    return mask_headers(headers, extra=[name for name in headers if _SECRET_HINT.search(name)])
+
+
+class WebhookNotifier:
+    """POSTs the change as JSON, retrying transient failures with backoff and jitter."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        client: httpx.AsyncClient | None = None,
+        *,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+    ) -> None:
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(
+                f"notifier {name!r}: webhook url must be http(s)://host/..., got {url!r}"
+            )
+        if timeout <= 0:
+            raise ValueError(f"notifier {name!r}: timeout must be positive, got {timeout!r}")
+        if retries < 0:
+            raise ValueError(f"notifier {name!r}: retries must be >= 0, got {retries!r}")
+        self.name = name
+        self.url = url
+        self.headers = dict(headers or {})
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._client = client
+        self._request_headers = httpx.Headers({"User-Agent": f"watcher/{__version__}"})
+        self._request_headers.update(self.headers)
+        # The path or query of a webhook URL is often the credential itself (Slack, Discord).
+        port = f":{parsed.port}" if parsed.port else ""
+        self._safe_target = f"{parsed.scheme}://{parsed.host}{port}"
+
+    @property
+    def max_duration(self) -> float:
+        return (self.retries + 1) * self.timeout + self.retries * self.backoff_cap + 1.0
+
+    def backoff(self, retry: int) -> float:
+        """Delay before retry number ``retry`` (0-based): capped doubling, jittered to 50-100%."""
+        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** min(retry, 60))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def send(self, change: Change) -> None:
+        payload = {**change.to_dict(), "event": "change"}
+        if self._client is not None:
+            await self._deliver(self._client, change, payload)
+            return
+        async with httpx.AsyncClient() as client:
+            await self._deliver(client, change, payload)
+
+    async def _deliver(
+        self, client: httpx.AsyncClient, change: Change, payload: dict[str, Any]
+    ) -> None:
+        for retry in range(self.retries + 1):
+            outcome = await self._attempt(client, payload)
+            if outcome is None:
+                return
+            attempts = retry + 1
+            if not outcome.retryable:
+                reason = f"{outcome.reason} (not retried)"
+                break
+            if retry == self.retries:
+                reason = f"{outcome.reason} after {attempts} attempt{'s' * (attempts > 1)}"
+                break
+            delay = self.backoff(retry)
+            if outcome.retry_after is not None:
+                if outcome.retry_after > self.backoff_cap:
+                    reason = (
+                        f"{outcome.reason} with Retry-After {outcome.retry_after:g}s, "
+                        f"over the {self.backoff_cap:g}s cap (gave up after {attempts})"
+                    )
+                    break
+                delay = max(delay, outcome.retry_after)
+            notify_log.debug(
+                "webhook %r attempt %d for %r failed (%s); retrying in %.2fs",
+                self.name,
+                attempts,
+                change.resource,
+                outcome.reason,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        notify_log.warning(
+            "webhook notifier %r failed for resource %r: %s (target %s, headers %s)",
+            self.name,
+            change.resource,
+            reason,
+            self._safe_target,
+            _masked(self.headers),
+        )
+        raise NotifyFailed(self.name, change.resource, reason, logged=True)
+
+    async def _attempt(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> _Attempt | None:
+        try:
+            # httpx's timeout is per read/write; this bounds the whole attempt.
+            async with asyncio.timeout(self.timeout):
+                response = await client.post(
+                    self.url, json=payload, headers=self._request_headers, timeout=self.timeout
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            return _Attempt(f"timed out after {self.timeout:g}s", retryable=True)
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            return _Attempt(_exc_text(exc), retryable=True)
+        except httpx.HTTPError as exc:
+            return _Attempt(_exc_text(exc), retryable=False)
+        if response.is_success:
+            return None
+        code = response.status_code
+        reason = f"HTTP {code} {response.reason_phrase}".rstrip()
+        if code == 429 or code >= 500:
+            retry_after = None
+            if code in (429, 503):
+                retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            return _Attempt(reason, retryable=True, retry_after=retry_after)
+        return _Attempt(reason, retryable=False)
+
+
+def _command_env(change: Change) -> dict[str, str]:
+    as_json = change.to_json()
+    if len(as_json) > _ENV_JSON_LIMIT:
+        # stdin always carries the full change; the env copy drops the (large) details.
+        as_json = replace(change, details=None).to_json()
+    values = {
+        "WATCHER_RESOURCE": change.resource,
+        "WATCHER_URL": change.url,
+        "WATCHER_CHECK": change.check,
+        "WATCHER_SUMMARY": change.summary,
+        "WATCHER_STATUS_CODE": "" if change.status_code is None else str(change.status_code),
+        "WATCHER_OLD_ETAG": str(change.old.get("etag") or ""),
+        "WATCHER_NEW_ETAG": str(change.new.get("etag") or ""),
+        "WATCHER_CHANGE_JSON": as_json,
+    }
+    # A NUL byte cannot be passed through the environment.
+    return {**os.environ, **{k: v.replace("\0", "") for k, v in values.items()}}
+
+
+def _last_line(data: bytes) -> str:
+    lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1][:_STDERR_LINE_LIMIT] if lines else ""
+
+
+class CommandNotifier:
+    """Runs a program with the change as JSON on stdin and in WATCHER_* environment variables."""
+
+    def __init__(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> None:
+        if not argv:
+            raise ValueError(f"notifier {name!r}: command must not be empty")
+        if timeout <= 0:
+            raise ValueError(f"notifier {name!r}: timeout must be positive, got {timeout!r}")
+        self.name = name
+        self.argv = [str(arg) for arg in argv]
+        self.timeout = float(timeout)
+
+    @property
+    def max_duration(self) -> float:
+        return self.timeout + _KILL_GRACE + 1.0
+
+    async def send(self, change: Change) -> None:
+        try:
+            await self._run(change)
+        except NotifyFailed as exc:
+            # argv may carry tokens (curl -H ...): name only the program.
+            notify_log.warning(
+                "command notifier %r (%s) failed for resource %r: %s",
+                self.name,
+                self.argv[0],
+                change.resource,
+                exc.reason,
+            )
+            exc.logged = True
+            raise
+
+    async def _run(self, change: Change) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=_command_env(change),
+                # Its own process group, so a timeout kills whatever it spawned too.
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            raise NotifyFailed(self.name, change.resource, f"cannot run: {_exc_text(exc)}") from exc
+        try:
+            async with asyncio.timeout(self.timeout):
+                _, stderr = await proc.communicate(change.to_json().encode() + b"\n")
+        except TimeoutError:
+            raise NotifyFailed(
+                self.name, change.resource, f"timed out after {self.timeout:g}s (killed)"
+            ) from None
+        finally:
+            if proc.returncode is None:
+                await self._kill(proc)
+        code = proc.returncode
+        if code == 0:
+            return
+        if code is not None and code < 0:
+            try:
+                status = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                status = f"killed by signal {-code}"
+        else:
+            status = f"exit code {code}"
+        line = _last_line(stderr)
+        reason = f"{status}: {line}" if line else status
+        raise NotifyFailed(self.name, change.resource, reason)
+
+    async def _kill(self, proc: asyncio.subprocess.Process) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        except (AttributeError, OSError):  # no process groups on this platform
+            proc.kill()
+        try:
+            # Reap it; bounded, because wait() also waits for the pipes to close.
+            async with asyncio.timeout(_KILL_GRACE):
+                await proc.wait()
+        except TimeoutError:
+            notify_log.debug("command notifier %r: pid %d not reaped in time", self.name, proc.pid)
+
+
+def _opt(definition: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = definition.get(key)
+    return default if value is None else value
+
+
+def _number(name: str, definition: Mapping[str, Any], key: str, default: float) -> float:
+    value = _opt(definition, key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"notifier {name!r}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _build_one(
+    name: str, definition: Mapping[str, Any], client: httpx.AsyncClient | None
+) -> Notifier:
+    kind = definition.get("type")
+    if kind == "console":
+        return ConsoleNotifier(name)
+    if kind == "webhook":
+        url = definition.get("url")
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"notifier {name!r}: a webhook needs a url")
+        headers = _opt(definition, "headers", {})
+        if not isinstance(headers, Mapping):
+            raise ValueError(f"notifier {name!r}: headers must be a mapping")
+        retries = _opt(definition, "retries", 3)
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise ValueError(f"notifier {name!r}: retries must be an integer, got {retries!r}")
+        return WebhookNotifier(
+            name,
+            url,
+            headers={str(k): str(v) for k, v in headers.items()},
+            timeout=_number(name, definition, "timeout", 10.0),
+            retries=retries,
+            client=client,
+        )
+    if kind == "command":
+        command = definition.get("command")
+        if isinstance(command, str):
+            argv = shlex.split(command)
+        elif isinstance(command, Sequence) and all(isinstance(a, str) for a in command):
+            argv = list(command)
+        else:
+            raise ValueError(f"notifier {name!r}: command must be a string or a list of strings")
+        return CommandNotifier(name, argv, timeout=_number(name, definition, "timeout", 30.0))
+    raise ValueError(
+        f"notifier {name!r}: unknown type {kind!r} (expected console, webhook or command)"
+    )
+
+
+def build_notifiers(
+    definitions: Mapping[str, Mapping[str, Any]], client: httpx.AsyncClient | None = None
+) -> dict[str, Notifier]:
+    """Notifiers by name from config dicts; a ``console`` notifier is always present."""
+    notifiers = {name: _build_one(name, d, client) for name, d in definitions.items()}
+    notifiers.setdefault("console", ConsoleNotifier("console"))
+    return notifiers
+
+
+async def _bounded_send(notifier: Notifier, change: Change) -> None:
+    limit = getattr(notifier, "max_duration", None)
+    if limit is None:
+        await notifier.send(change)
+        return
+    try:
+        async with asyncio.timeout(limit):
+            await notifier.send(change)
+    except TimeoutError:
+        raise NotifyFailed(
+            notifier.name, change.resource, f"gave no answer within {limit:g}s"
+        ) from None
+
+
+async def notify_all(
+    notifiers: Sequence[Notifier],
+    change: Change,
+    *,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+) -> list[str]:
+    """Send ``change`` to every notifier concurrently; return the names of those that failed."""
+    results = await asyncio.gather(
+        *(_bounded_send(n, change) for n in notifiers), return_exceptions=True
+    )
+    failed: list[str] = []
+    for notifier, result in zip(notifiers, results, strict=True):
+        if result is None:
+            continue
+        failed.append(notifier.name)
+        if isinstance(result, NotifyFailed):
+            if not result.logged:
+                log.warning("%s", result)
+        else:
+            log.error(
+                "notifier %r crashed for resource %r: %s",
+                notifier.name,
+                change.resource,
+                _exc_text(result),
+                exc_info=result,
+            )
+    return failed

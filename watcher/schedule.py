@@ -1,0 +1,169 @@
+"""Schedule math: when a scheduler fires next, computed with APScheduler 3 triggers.
+
+Slots are deterministic: an `every` schedule fires at ``anchor + k * every`` where the
+anchor is the start time, or else a phase derived from the scheduler id (so that
+10,000 schedulers created in the same second do not all fire in the same
+millisecond, and two processes creating the same scheduler at once agree). A cron
+schedule fires at its crontab's times in its time zone. Missed slots coalesce: the
+next slot is the first one at or after "now" and after the previous slot.
+Jitter is added to the slot (0 <= jitter < every), never accumulated.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot work: raised before anything is written."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    every_ms: int | None = None
+    cron: str | None = None
+    tz: str = "UTC"
+    jitter_ms: int = 0
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        every: float | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        jitter: float = 0.0,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> Schedule:
+        """Validate and normalise; times in seconds (start/end: Unix time)."""
+        if (every is None) == (cron is None):
+            raise ScheduleError("give exactly one of `every` or `cron`")
+        every_ms = None
+        if every is not None:
+            if isinstance(every, bool) or not isinstance(every, int | float) or every <= 0:
+                raise ScheduleError(f"`every` must be a positive number of seconds, got {every!r}")
+            every_ms = max(1, round(every * 1000))
+        if not isinstance(jitter, int | float) or jitter < 0:
+            raise ScheduleError(f"`jitter` must be >= 0 seconds, got {jitter!r}")
+        jitter_ms = round(jitter * 1000)
+        if every_ms is not None and jitter_ms >= every_ms:
+            raise ScheduleError("`jitter` must be shorter than `every`")
+        start_ms = None if start is None else round(start * 1000)
+        end_ms = None if end is None else round(end * 1000)
+        if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+            raise ScheduleError("`end` must be after `start`")
+        schedule = cls(every_ms, cron, tz or "UTC", jitter_ms, start_ms, end_ms)
+        schedule.trigger("validate")  # raises ScheduleError for a bad crontab or time zone
+        return schedule
+
+    def encode(self) -> str:
+        """The compact form stored in Redis; equal schedules encode equally."""
+        fields = {
+            "every": self.every_ms,
+            "cron": self.cron,
+            "tz": self.tz if self.cron else None,
+            "jitter": self.jitter_ms or None,
+            "start": self.start_ms,
+            "end": self.end_ms,
+        }
+        return json.dumps({k: v for k, v in fields.items() if v is not None}, sort_keys=True)
+
+    @classmethod
+    def decode(cls, text: str) -> Schedule:
+        return _decode(text)
+
+    def describe(self) -> str:
+        if self.cron:
+            return f"cron {self.cron} ({self.tz})"
+        assert self.every_ms is not None
+        return f"every {format_duration(self.every_ms / 1000)}"
+
+    def trigger(self, scheduler_id: str) -> BaseTrigger:
+        return _trigger(self, scheduler_id)
+
+    def next_slot(self, scheduler_id: str, now_ms: int, after_ms: int | None = None) -> int | None:
+        """The first slot at or after `now_ms` and strictly after `after_ms`; None when ended."""
+        at = now_ms if after_ms is None else max(now_ms, after_ms + 1)
+        moment = datetime.fromtimestamp(at / 1000, UTC)
+        fire = self.trigger(scheduler_id).get_next_fire_time(None, moment)
+        if fire is None:
+            return None
+        slot = round(fire.timestamp() * 1000)
+        if slot < at:  # float rounding in the trigger; step to the next slot
+            fire = self.trigger(scheduler_id).get_next_fire_time(
+                None, datetime.fromtimestamp((at + 1) / 1000, UTC)
+            )
+            if fire is None:
+                return None
+            slot = round(fire.timestamp() * 1000)
+        if self.end_ms is not None and slot > self.end_ms:
+            return None
+        return slot
+
+    def fire_time(self, slot_ms: int) -> int:
+        """The slot plus this schedule's jitter: the time the run is due."""
+        return slot_ms + (random.randrange(self.jitter_ms) if self.jitter_ms else 0)
+
+
+def phase_ms(scheduler_id: str, every_ms: int) -> int:
+    """A stable offset in [0, every) derived from the id: spreads schedulers over the interval."""
+    return zlib.crc32(scheduler_id.encode()) % every_ms
+
+
+@lru_cache(maxsize=4096)
+def _decode(text: str) -> Schedule:
+    raw = json.loads(text)
+    return Schedule(
+        every_ms=raw.get("every"),
+        cron=raw.get("cron"),
+        tz=raw.get("tz", "UTC"),
+        jitter_ms=raw.get("jitter", 0),
+        start_ms=raw.get("start"),
+        end_ms=raw.get("end"),
+    )
+
+
+@lru_cache(maxsize=65536)
+def _trigger(schedule: Schedule, scheduler_id: str) -> BaseTrigger:
+    try:
+        zone = ZoneInfo(schedule.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(f"unknown time zone {schedule.tz!r}") from None
+    start = (
+        None if schedule.start_ms is None else datetime.fromtimestamp(schedule.start_ms / 1000, UTC)
+    )
+    if schedule.cron is not None:
+        try:
+            return CronTrigger.from_crontab(schedule.cron, timezone=zone)
+        except ValueError as exc:
+            raise ScheduleError(f"invalid cron {schedule.cron!r}: {exc}") from None
+    assert schedule.every_ms is not None
+    if start is None:
+        start = datetime.fromtimestamp(phase_ms(scheduler_id, schedule.every_ms) / 1000, UTC)
+    return IntervalTrigger(seconds=schedule.every_ms / 1000, start_date=start, timezone=UTC)
+
+
+def format_duration(seconds: float) -> str:
+    """30 -> '30s', 90 -> '1m30s', 0.2 -> '200ms'."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    total = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if total >= size:
+            parts.append(f"{total // size}{unit}")
+            total %= size
+    return "".join(parts)
