@@ -112,10 +112,11 @@ def transport_error(exc: httpx.HTTPError, url: httpx.URL | str) -> CheckFailed:
     """The check error for a failed exchange: transient unless retrying cannot help."""
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         return CheckFailed(f"invalid request to {url}: {_text(exc)}")
+    # httpx-aiohttp reports a refused connection as ConnectTimeout: say "cannot connect".
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return TransientCheckError(f"cannot connect: {url}: {_text(exc)}")
     if isinstance(exc, httpx.TimeoutException):
         return TransientCheckError(f"timed out: {url}: {_text(exc)}")
-    if isinstance(exc, httpx.ConnectError):
-        return TransientCheckError(f"cannot connect: {url}: {_text(exc)}")
     return TransientCheckError(f"transport error: {url}: {_text(exc)}")
 
 
@@ -149,7 +150,11 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 async def _send(
-    client: httpx.AsyncClient, method: str, url: httpx.URL, headers: Mapping[str, str], timeout: float
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    headers: Mapping[str, str],
+    timeout: float,
 ) -> httpx.Response:
     try:
         request = client.build_request(method, url, headers=headers, timeout=timeout)

@@ -138,7 +138,7 @@ class SchedulerInfo:
 
 
 def check_id(kind: str, value: object) -> str:
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise QueueError(
             f"invalid {kind} {value!r}: use 1-200 characters from A-Z a-z 0-9 _ . : @ / -"
         )
@@ -172,7 +172,7 @@ class Queue:
     )
 
     def __init__(self, redis: aioredis.Redis, name: str = "watcher", *, changes_max: int = 10_000):
-        if not QUEUE_PATTERN.match(name):
+        if not QUEUE_PATTERN.fullmatch(name):
             raise QueueError(f"invalid queue name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
         self.redis = redis
         self.name = name

@@ -418,7 +418,8 @@ class Worker:
     async def _tick(self, batch: int) -> float:
         """Fire what is due; returns seconds to sleep before the next tick."""
         reply = await self.queue.run_script("due", "schedulers", [batch])
-        now, upcoming = int(reply[0]), reply[1]
+        now = int(reply[0])
+        soonest = float(reply[1]) if reply[1] != "" else now + 100.0
         args: list[Any] = []
         for b in range(2, len(reply), 4):
             sid, score, spec, slot = reply[b : b + 4]
@@ -426,12 +427,13 @@ class Worker:
                 continue
             schedule = Schedule.decode(spec)
             nxt = schedule.next_slot(sid, now, int(slot) if slot else int(float(score)))
-            args += [sid, score, "" if nxt is None else schedule.fire_time(nxt), nxt or 0]
+            fire_at = "" if nxt is None else schedule.fire_time(nxt)
+            if fire_at != "":
+                soonest = min(soonest, fire_at)
+            args += [sid, score, fire_at, nxt or 0]
         if args:
             await self.queue.run_script("fire", "schedulers", args)
-        if upcoming == "":
-            return 0.1
-        return min(0.1, max(0.0, (float(upcoming) - now) / 1000))
+        return min(0.1, max(0.0, (soonest - now) / 1000))
 
     # -- leases, heartbeat, recovery ------------------------------------------------------
 

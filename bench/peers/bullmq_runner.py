@@ -1,0 +1,158 @@
+"""BullMQ (Python port) runner for bench/queue.py (runs in bench/.venvs/bullmq).
+
+Usage: python bullmq_runner.py '<task JSON>'; prints one JSON line of results on stdout.
+Tasks: {"mode": "versions"}, {"mode": "e2e", "url", "n", "concurrency", "timeout"} and
+{"mode": "schedulers", "url", "n", "every"}.
+Enqueue is BullMQ's bulk `Queue.addBulk` (one MULTI pipeline per 1,000 jobs). BullMQ has no
+bulk scheduler upsert: `Queue.upsertJobScheduler` is called from 50 concurrent tasks (the
+Python port gives each Queue a single connection, so these calls share it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import traceback
+from importlib import metadata
+
+BATCH = 1000
+LANES = 50
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("bullmq", "redis", "hiredis"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+async def concurrently(n: int, lanes: int, fn) -> None:
+    numbers = iter(range(n))
+
+    async def lane() -> None:
+        for i in numbers:
+            await fn(i)
+
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+
+
+async def e2e(task: dict) -> dict:
+    from bullmq import Queue, Worker
+
+    n, url = task["n"], task["url"]
+    queue = Queue("bench", {"connection": url})
+    t0 = time.perf_counter()
+    for start in range(0, n, BATCH):
+        stop = min(n, start + BATCH)
+        await queue.addBulk([{"name": "noop", "data": {"i": i}} for i in range(start, stop)])
+    enqueue_s = time.perf_counter() - t0
+    queued = (await queue.getJobCounts("wait"))["wait"]
+    if queued != n:
+        raise RuntimeError(f"{queued} jobs waiting, expected {n}")
+
+    done = asyncio.Event()
+    state = {"count": 0, "t_done": 0.0}
+
+    async def noop(job, token) -> None:
+        state["count"] += 1
+        if state["count"] == n:
+            state["t_done"] = time.perf_counter()
+            done.set()
+
+    opts = {"connection": url, "concurrency": task.get("concurrency", 50), "autorun": False}
+    worker = Worker("bench", noop, opts)
+    t_start = time.perf_counter()
+    run = asyncio.create_task(worker.run())
+    drain_s = None
+    try:
+        await asyncio.wait_for(done.wait(), task.get("timeout", 300))
+        # let the last handlers' completions land before closing the worker
+        deadline = time.perf_counter() + 10
+        while time.perf_counter() < deadline:
+            if (await queue.getJobCounts("completed"))["completed"] >= n:
+                drain_s = time.perf_counter() - state["t_done"]
+                break
+            await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise RuntimeError(f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s") from None
+    finally:
+        await worker.close()
+        try:
+            await asyncio.wait_for(run, 30)
+        except (TimeoutError, asyncio.CancelledError):
+            run.cancel()
+    completed = (await queue.getJobCounts("completed"))["completed"]
+    await queue.close()
+    e2e_s = state["t_done"] - t_start
+    return {
+        "enqueue_s": enqueue_s,
+        "enqueue_rate": n / enqueue_s,
+        "enqueue_method": f"bulk addBulk ({BATCH}/call)",
+        "e2e_s": e2e_s,
+        "e2e_rate": n / e2e_s,
+        "handled": state["count"],
+        "drain_s": drain_s,
+        "completed": completed,
+    }
+
+
+async def used_memory(client) -> int:
+    return int((await client.info("memory"))["used_memory"])
+
+
+async def schedulers(task: dict) -> dict:
+    import redis.asyncio as aioredis
+    from bullmq import Queue
+
+    n, url = task["n"], task["url"]
+    every_ms = int(task.get("every", 10.0) * 1000)
+    client = aioredis.from_url(url)
+    queue = Queue("bench", {"connection": url})
+    # one warm-up upsert loads the scripts and creates the queue's fixed keys before the baseline
+    await queue.upsertJobScheduler("warmup", {"every": every_ms}, "noop", {})
+    before = await used_memory(client)
+    t0 = time.perf_counter()
+    await concurrently(
+        n,
+        LANES,
+        lambda i: queue.upsertJobScheduler(f"sched-{i}", {"every": every_ms}, "noop", {"i": i}),
+    )
+    upsert_s = time.perf_counter() - t0
+    after = await used_memory(client)
+    count = await queue.getJobSchedulersCount()
+    await queue.close()
+    await client.aclose()
+    if count != n + 1:
+        raise RuntimeError(f"{count} schedulers, expected {n + 1}")
+    return {
+        "upsert_s": upsert_s,
+        "upsert_rate": n / upsert_s,
+        "upsert_method": f"concurrent upsertJobScheduler ({LANES} tasks)",
+        "bytes_per_scheduler": (after - before) / n,
+    }
+
+
+def main() -> None:
+    task = json.loads(sys.argv[1])
+    modes = {"e2e": e2e, "schedulers": schedulers}
+    try:
+        if task["mode"] == "versions":
+            result: dict = {"versions": versions()}
+        elif task["mode"] in modes:
+            result = asyncio.run(modes[task["mode"]](task))
+        else:
+            raise ValueError(f"unknown mode {task['mode']!r}")
+    except Exception as exc:
+        traceback.print_exc()
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        sys.exit(1)
+    print(json.dumps({"ok": True, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""rq runner for bench/queue.py (runs in bench/.venvs/rq).
+
+Usage: python rq_runner.py '<task JSON>'; prints one JSON line of results on stdout.
+Tasks: {"mode": "versions"} and {"mode": "e2e", "url", "n", "timeout"}.
+Enqueue is rq's bulk `Queue.enqueue_many` (one pipeline per 1,000 jobs); the worker is a
+`SimpleWorker` (no fork per job) in burst mode, which returns once the queue is empty.
+rq's worker logs to stdout: its level is set to WARNING so that the JSON line stays last.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from importlib import metadata
+
+BATCH = 1000
+STATE = {"count": 0, "n": 0, "t_done": 0.0}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("rq", "redis", "hiredis"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def noop(i: int) -> None:
+    STATE["count"] += 1
+    if STATE["count"] == STATE["n"]:
+        STATE["t_done"] = time.perf_counter()
+
+
+def e2e(task: dict) -> dict:
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    n = task["n"]
+    STATE["n"] = n
+    conn = Redis.from_url(task["url"])
+    queue = Queue("bench", connection=conn)
+    t0 = time.perf_counter()
+    for start in range(0, n, BATCH):
+        stop = min(n, start + BATCH)
+        queue.enqueue_many([Queue.prepare_data(noop, args=(i,)) for i in range(start, stop)])
+    enqueue_s = time.perf_counter() - t0
+    if queue.count != n:
+        raise RuntimeError(f"{queue.count} jobs queued, expected {n}")
+
+    worker = SimpleWorker([queue], connection=conn)
+    t_start = time.perf_counter()
+    worker.work(burst=True, logging_level="WARNING")
+    t_end = time.perf_counter()
+    if STATE["count"] != n:
+        raise RuntimeError(f"only {STATE['count']}/{n} jobs ran")
+    e2e_s = STATE["t_done"] - t_start
+    return {
+        "enqueue_s": enqueue_s,
+        "enqueue_rate": n / enqueue_s,
+        "enqueue_method": f"bulk enqueue_many ({BATCH}/call)",
+        "e2e_s": e2e_s,
+        "e2e_rate": n / e2e_s,
+        "handled": STATE["count"],
+        "drain_s": t_end - STATE["t_done"],
+        "completed": queue.finished_job_registry.count,
+    }
+
+
+def main() -> None:
+    task = json.loads(sys.argv[1])
+    try:
+        if task["mode"] == "versions":
+            result: dict = {"versions": versions()}
+        elif task["mode"] == "e2e":
+            result = e2e(task)
+        else:
+            raise ValueError(f"unknown mode {task['mode']!r}")
+    except Exception as exc:
+        traceback.print_exc()
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        sys.exit(1)
+    print(json.dumps({"ok": True, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""saq runner for bench/queue.py (runs in bench/.venvs/saq).
+
+Usage: python saq_runner.py '<task JSON>'; prints one JSON line of results on stdout.
+Tasks: {"mode": "versions"} and {"mode": "e2e", "url", "n", "concurrency", "timeout"}.
+saq has no bulk enqueue: `Queue.enqueue` (one Lua call per job) is called from 50 concurrent
+tasks (saq itself caps concurrent Redis operations at `max_concurrent_ops`, default 20).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import traceback
+from importlib import metadata
+
+ENQUEUE_LANES = 50
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("saq", "redis", "hiredis"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+async def concurrently(n: int, lanes: int, fn) -> None:
+    numbers = iter(range(n))
+
+    async def lane() -> None:
+        for i in numbers:
+            await fn(i)
+
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+
+
+async def e2e(task: dict) -> dict:
+    from saq import Queue, Worker
+
+    n = task["n"]
+    queue = Queue.from_url(task["url"], name="bench")
+    await queue.connect()
+    t0 = time.perf_counter()
+    await concurrently(n, ENQUEUE_LANES, lambda i: queue.enqueue("noop", i=i))
+    enqueue_s = time.perf_counter() - t0
+    queued = await queue.count("queued")
+    if queued != n:
+        raise RuntimeError(f"{queued} jobs queued, expected {n}")
+
+    done = asyncio.Event()
+    state = {"count": 0, "t_done": 0.0}
+
+    async def noop(ctx: dict, *, i: int) -> None:
+        state["count"] += 1
+        if state["count"] == n:
+            state["t_done"] = time.perf_counter()
+            done.set()
+
+    worker = Worker(queue, functions=[("noop", noop)], concurrency=task.get("concurrency", 50))
+    t_start = time.perf_counter()
+    run = asyncio.create_task(worker.start())
+    try:
+        await asyncio.wait_for(done.wait(), task.get("timeout", 300))
+    except TimeoutError:
+        raise RuntimeError(f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s") from None
+    finally:
+        # let the last handlers' completions land before stopping (stop cancels in-flight tasks)
+        deadline = time.perf_counter() + 10
+        while await queue.count("incomplete") and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
+        drain_s = time.perf_counter() - (state["t_done"] or time.perf_counter())
+        await worker.stop()
+        try:
+            await asyncio.wait_for(run, 30)
+        except (TimeoutError, asyncio.CancelledError):
+            run.cancel()
+    e2e_s = state["t_done"] - t_start
+    incomplete = await queue.count("incomplete")
+    await queue.disconnect()
+    return {
+        "enqueue_s": enqueue_s,
+        "enqueue_rate": n / enqueue_s,
+        "enqueue_method": f"concurrent enqueue ({ENQUEUE_LANES} tasks)",
+        "e2e_s": e2e_s,
+        "e2e_rate": n / e2e_s,
+        "handled": state["count"],
+        "drain_s": drain_s,
+        "incomplete_after": incomplete,
+    }
+
+
+def main() -> None:
+    task = json.loads(sys.argv[1])
+    try:
+        if task["mode"] == "versions":
+            result: dict = {"versions": versions()}
+        elif task["mode"] == "e2e":
+            result = asyncio.run(e2e(task))
+        else:
+            raise ValueError(f"unknown mode {task['mode']!r}")
+    except Exception as exc:
+        traceback.print_exc()
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        sys.exit(1)
+    print(json.dumps({"ok": True, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

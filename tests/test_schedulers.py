@@ -1,0 +1,154 @@
+"""Guarantee 1 (upsert is atomic and idempotent) and bad input to the API."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+
+import pytest
+
+from watcher.queue import Queue, QueueError, SchedulerSpec
+from watcher.worker import Worker
+
+from .helpers import running, wait_for
+
+
+async def test_create_twice_gives_one_scheduler(queue: Queue) -> None:
+    assert await queue.upsert_scheduler("a", name="h", data={"x": 1}, every=10) == "created"
+    assert await queue.upsert_scheduler("a", name="h", data={"x": 1}, every=10) == "unchanged"
+    assert await queue.scheduler_ids() == ["a"]
+    assert (await queue.counts())["schedulers"] == 1
+
+
+async def test_data_change_keeps_phase_schedule_change_recomputes(queue: Queue) -> None:
+    await queue.upsert_scheduler("a", name="h", data={"x": 1}, every=60)
+    before = await queue.get_scheduler("a")
+    assert before is not None
+    assert await queue.upsert_scheduler("a", name="h", data={"x": 2}, every=60) == "updated"
+    after = await queue.get_scheduler("a")
+    assert after is not None
+    assert after.data == {"x": 2}
+    assert after.next_fire_ms == before.next_fire_ms
+    assert after.rev == before.rev + 1
+
+    await queue.upsert_scheduler("a", name="h", data={"x": 2}, every=3600)
+    changed = await queue.get_scheduler("a")
+    assert changed is not None
+    assert changed.schedule.every_ms == 3_600_000
+    assert changed.next_fire_ms != before.next_fire_ms
+
+
+async def test_scope_change_resets_state(queue: Queue) -> None:
+    await queue.upsert_scheduler("a", name="h", every=60, scope="url-1", state={"etag": '"1"'})
+    await queue.upsert_scheduler("a", name="h", every=60, scope="url-1", data={"timeout": 5})
+    kept = await queue.get_scheduler("a")
+    assert kept is not None and kept.state == {"etag": '"1"'} and kept.epoch == 1
+    await queue.upsert_scheduler("a", name="h", every=60, scope="url-2", data={"timeout": 5})
+    reset = await queue.get_scheduler("a")
+    assert reset is not None and reset.state == {} and reset.epoch == 2
+
+
+async def test_remove(queue: Queue) -> None:
+    await queue.upsert_scheduler("a", name="h", every=1)
+    assert await queue.remove_scheduler("a")
+    assert not await queue.remove_scheduler("a")
+    assert await queue.get_scheduler("a") is None
+    assert (await queue.counts())["schedulers"] == 0
+
+
+async def test_list_schedulers_with_next_fire(queue: Queue) -> None:
+    await queue.upsert_schedulers(
+        [SchedulerSpec(id=f"s{i}", name="h", every=10 + i) for i in range(5)]
+        + [SchedulerSpec(id="c", name="h", cron="0 3 * * *", tz="Europe/Paris")]
+    )
+    listed = await queue.list_schedulers()
+    assert [s.id for s in listed] == ["c", "s0", "s1", "s2", "s3", "s4"]
+    now = await queue.now_ms()
+    for s in listed:
+        assert s.next_fire_ms is not None and now < s.next_fire_ms <= now + 86_400_000
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"cron": "0 3 * * * *"}, "cron"),
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"every": 0}, "every"),
+        ({"every": -5}, "every"),
+        ({"every": 10, "cron": "* * * * *"}, "exactly one"),
+        ({}, "exactly one"),
+        ({"every": 10, "data": {"when": object()}}, "JSON"),
+        ({"every": 10, "data": {"x": float("nan")}}, "JSON"),
+        ({"every": 10, "jitter": 20}, "jitter"),
+        ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "time zone"),
+    ],
+)
+async def test_bad_input_raises_and_writes_nothing(queue: Queue, fields: dict, message: str) -> None:
+    before = await queue.redis.keys(queue.prefix + "*")
+    with pytest.raises(QueueError, match=message):
+        await queue.upsert_scheduler("a", name="h", **fields)
+    assert await queue.redis.keys(queue.prefix + "*") == before
+
+
+@pytest.mark.parametrize("bad_id", ["", "a b", "a{b}", "x\n", "é", "a" * 201, None])
+async def test_bad_ids_rejected(queue: Queue, bad_id: object) -> None:
+    with pytest.raises(QueueError, match="invalid scheduler id"):
+        await queue.upsert_scheduler(bad_id, name="h", every=1)  # type: ignore[arg-type]
+    assert await queue.redis.keys(queue.prefix + "*") == []
+
+
+async def test_batch_is_validated_before_any_write(queue: Queue) -> None:
+    specs = [SchedulerSpec(id="ok", name="h", every=1), SchedulerSpec(id="bad", name="h", every=-1)]
+    with pytest.raises(QueueError, match="'bad'"):
+        await queue.upsert_schedulers(specs)
+    assert await queue.redis.keys(queue.prefix + "*") == []
+
+
+def _upsert_many(url: str, name: str, process: int) -> None:
+    async def go() -> None:
+        q = Queue.from_url(url, name)
+        await asyncio.gather(
+            *(
+                q.upsert_scheduler(
+                    "same", name="h", data={"writer": process, "i": i}, every=0.05
+                )
+                for i in range(10)
+            )
+        )
+        await q.close()
+
+    asyncio.run(go())
+
+
+async def test_concurrent_upserts_leave_one_scheduler_and_one_pending_job(
+    queue: Queue, redis_url: str
+) -> None:
+    """50 upserts of one id from 5 processes while a worker ticks (every 50 ms) and runs
+    nothing: one scheduler, and never more than one pending job for it."""
+    never_done = asyncio.Event()
+
+    async def blocked(job: object) -> None:
+        await never_done.wait()
+
+    worker = Worker(queue, {"h": blocked}, concurrency=5, grace=0.1)
+    async with running(worker):
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_upsert_many, args=(redis_url, queue.name, p)) for p in range(5)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+        await asyncio.sleep(0.3)  # several more ticks
+        assert await queue.scheduler_ids() == ["same"]
+        counts = await queue.counts()
+        assert counts["wait"] + counts["active"] + counts["delayed"] == 1
+        info = await queue.get_scheduler("same")
+        assert info is not None and info.count == 1 and info.skipped >= 3
+
+    await wait_for(lambda: _no_pending(queue), 5)
+
+
+async def _no_pending(queue: Queue) -> bool:
+    counts = await queue.counts()
+    return counts["active"] == 0
