@@ -104,7 +104,8 @@ async def test_304_is_unchanged_and_keeps_state(httpx_mock: HTTPXMock, make_ctx:
 async def test_200_with_the_same_etag_is_not_a_change(
     httpx_mock: HTTPXMock, make_ctx: MakeCtx
 ) -> None:
-    httpx_mock.add_response(headers={"ETag": '"a"'}, text="body")
+    never_read = FailingStream([], AssertionError("a body with an ETag need not be read"))
+    httpx_mock.add_response(headers={"ETag": '"a"'}, stream=never_read)
     result = await etag.check(make_ctx({"etag": '"a"', "status_code": 200}))
     assert not result.changed and not result.not_modified
     assert result.summary.startswith("unchanged")

@@ -154,6 +154,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._slot_free.set()
 
     async def run(self, *, install_signal_handlers: bool = False) -> None:
         """Run until stop() (or SIGTERM/SIGINT when asked to install handlers)."""

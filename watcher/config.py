@@ -1,0 +1,1035 @@
+"""The configuration file, ``watcher.yaml``: load it, check it, explain what is wrong.
+
+The YAML is composed into nodes first, so that every key and value keeps its line and
+column; the nodes are built into plain data, ``${VAR}`` references are expanded,
+``defaults`` are merged into each resource and pydantic validates the result. Every
+problem found on the way is collected with its position, and all of them are raised
+together as one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, available_timezones
+
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from watcher.masking import mask_headers
+
+__all__ = [
+    "CommandNotifier",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "ConsoleNotifier",
+    "NotifierConfig",
+    "ResourceConfig",
+    "WebhookNotifier",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+Path = tuple[str | int, ...]
+"""Where a value sits in the document, e.g. ``("resources", 1, "every")``."""
+Position = tuple[int, int]
+"""A 1-based (line, column)."""
+
+DEFAULT_EVERY = 300.0
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+TOP_LEVEL_KEYS = ("redis", "queue", "defaults", "notifiers", "resources")
+MAX_SHOWN_ISSUES = 20
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in the configuration, with where it is."""
+
+    file: str
+    line: int | None
+    column: int | None
+    path: str
+    """The field, e.g. ``resources[1] (id "docs").every``; empty for the whole file."""
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists every problem found, in file order."""
+
+    def __init__(self, errors: Iterable[ConfigIssue], source: str = "") -> None:
+        unique = dict.fromkeys(errors)
+        self.errors: list[ConfigIssue] = sorted(
+            unique, key=lambda issue: (issue.line or 0, issue.column or 0)
+        )
+        self.source = source
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        lines = [str(issue) for issue in self.errors[:MAX_SHOWN_ISSUES]]
+        if len(self.errors) > MAX_SHOWN_ISSUES:
+            lines.append(f"... and {len(self.errors) - MAX_SHOWN_ISSUES} more")
+        if len(self.errors) == 1:
+            return lines[0]
+        header = f"{self.source or 'configuration'}: {len(self.errors)} errors"
+        return "\n".join([header, *lines])
+
+    def __str__(self) -> str:
+        return self._render()
+
+
+# ---------------------------------------------------------------------------- durations
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_PLAIN_NUMBER_RE = re.compile(_NUMBER)
+_DURATION_PART_RE = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)\s*")
+_DURATION_RE = re.compile(rf"(?:{_NUMBER}\s*(?:ms|s|m|h|d)\s*)+")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_HINT = "expected e.g. 30s, 5m, 1h30m, 2d, 500ms or a number of seconds"
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in ``value``: ``30s``, ``5m``, ``1h30m``, ``2d``, ``500ms`` or a number."""
+    invalid = ValueError(f"invalid duration {_show(value)}; {DURATION_HINT}")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise invalid
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if _PLAIN_NUMBER_RE.fullmatch(text):
+            seconds = float(text)
+        elif _DURATION_RE.fullmatch(text):
+            parts = _DURATION_PART_RE.findall(text)
+            seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+        else:
+            raise invalid
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise invalid from None
+    if not math.isfinite(seconds):
+        raise invalid
+    return seconds
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be a duration greater than 0 (got {_show(value)})")
+    return seconds
+
+
+def _non_negative_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < 0:
+        raise ValueError(f"must be a duration of 0 or more (got {_show(value)})")
+    return seconds
+
+
+# ---------------------------------------------------------------------------- field checks
+
+_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_QUEUE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_CHECK_RE = re.compile(
+    rf"[A-Za-z0-9_][A-Za-z0-9_.-]*|{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*"
+)
+
+
+def _resource_id(value: str) -> str:
+    if not _ID_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid id {_show(value)}; expected 1-128 characters from letters, digits"
+            " and _ . : - (the id is part of Redis keys: no spaces or braces)"
+        )
+    return value
+
+
+def _queue_name(value: str) -> str:
+    if not _QUEUE_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid queue name {_show(value)}; expected 1-64 characters from letters,"
+            " digits and _ . -"
+        )
+    return value
+
+
+def _check_name(value: str) -> str:
+    if not _CHECK_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid check {_show(value)}; expected a registered name like etag,"
+            " or a dotted path like package.module:name"
+        )
+    return value
+
+
+def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    if not url:
+        return "it is empty"
+    if any(char.isspace() for char in url):
+        return "it contains whitespace"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme.lower() not in schemes:
+        return f"the scheme must be {' or '.join(schemes)}"
+    if not parts.hostname and parts.scheme != "unix":
+        return "it has no host"
+    return None
+
+
+def _http_url(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # the str type reports it
+    problem = _url_problem(value.strip(), ("http", "https"))
+    if problem:
+        raise ValueError(
+            f"invalid URL {_show(value)}: {problem}; expected e.g. https://example.com/page"
+        )
+    return value.strip()
+
+
+def _redis_url(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    problem = _url_problem(value.strip(), ("redis", "rediss", "unix"))
+    if problem:
+        raise ValueError(
+            f"invalid Redis URL {_show(value)}: {problem}; expected e.g. redis://localhost:6379/0"
+        )
+    return value.strip()
+
+
+def _method(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    method = value.strip().upper()
+    if method not in METHODS:
+        raise ValueError(f"invalid method {_show(value)}; expected one of {', '.join(METHODS)}")
+    return method
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        raise ValueError(
+            f"unknown time zone {_show(value)}{_did_you_mean_zone(value)};"
+            " expected an IANA name like UTC or Europe/Paris"
+        ) from None
+    return value
+
+
+def _did_you_mean_zone(value: str) -> str:
+    by_lower = {name.lower(): name for name in available_timezones()}
+    exact = by_lower.get(value.lower())
+    close = [exact] if exact else difflib.get_close_matches(value, list(by_lower.values()), n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _cron_expression(value: str, tz: str) -> str:
+    expression = " ".join(value.split())
+    try:
+        CronTrigger.from_crontab(expression, timezone=ZoneInfo(tz))
+    except ValueError as exc:
+        raise ValueError(
+            f"invalid cron expression {_show(value)}: {exc}; expected 5 fields"
+            ' (minute hour day month day-of-week), e.g. "0 9 * * 1-5"'
+        ) from None
+    return expression
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid header name {_show(value)}; expected letters, digits and - (no spaces)"
+        )
+    return value
+
+
+def _header_value(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # `Accept-Version: 2` is meant as text
+    if isinstance(value, str) and any(char in value for char in "\r\n\0"):
+        raise ValueError("a header value cannot contain line breaks")
+    return value
+
+
+def _string_list(value: Any) -> Any:
+    """A single string stands for a list of one; duplicates are dropped."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(dict.fromkeys(value))
+    return value
+
+
+def _command_line(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command {_show(value)}: {exc}") from None
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("the command is empty; expected e.g. [notify-send, watcher]")
+        return [str(arg) if isinstance(arg, int | float) else arg for arg in value]
+    return value
+
+
+def _json_compatible(value: dict[str, Any]) -> dict[str, Any]:
+    problem = _first_non_json(value, "")
+    if problem:
+        where, kind = problem
+        raise ValueError(
+            f"{where or 'value'}: expected plain YAML values (text, numbers, true/false,"
+            f" lists, mappings), got {kind}; quote it to keep it as text"
+        )
+    return value
+
+
+def _first_non_json(value: Any, where: str) -> tuple[str, str] | None:
+    if value is None or isinstance(value, str | int | float | bool):
+        return None
+    if isinstance(value, list):
+        items: Iterable[tuple[str, Any]] = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        items = ((f"{where}.{key}" if where else key, v) for key, v in value.items())
+    else:
+        return where, f"a {type(value).__name__}"
+    for sub_where, item in items:
+        problem = _first_non_json(item, sub_where)
+        if problem:
+            return problem
+    return None
+
+
+ResourceId = Annotated[str, AfterValidator(_resource_id)]
+QueueName = Annotated[str, AfterValidator(_queue_name)]
+CheckName = Annotated[str, AfterValidator(_check_name)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+RedisUrl = Annotated[str, BeforeValidator(_redis_url)]
+Method = Annotated[str, BeforeValidator(_method)]
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
+PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
+NonNegativeDuration = Annotated[float, BeforeValidator(_non_negative_duration)]
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+Headers = dict[HeaderName, Annotated[str, BeforeValidator(_header_value)]]
+NameList = Annotated[list[str], BeforeValidator(_string_list)]
+HeaderNameList = Annotated[list[HeaderName], BeforeValidator(_string_list)]
+CommandLine = Annotated[list[str], BeforeValidator(_command_line)]
+Options = Annotated[dict[str, Any], AfterValidator(_json_compatible)]
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: Any) -> Any:
+        # `headers:` with nothing after it is YAML null: treat it as "not set".
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class ConsoleNotifier(_Model):
+    type: Literal["console"] = "console"
+
+
+class WebhookNotifier(_Model):
+    type: Literal["webhook"] = "webhook"
+    url: HttpUrl
+    headers: Headers = Field(default_factory=dict, repr=False)
+    timeout: PositiveDuration = 10.0
+    retries: int = Field(default=3, ge=0)
+
+    def masked_headers(self) -> dict[str, str]:
+        return mask_headers(self.headers)
+
+
+class CommandNotifier(_Model):
+    type: Literal["command"] = "command"
+    command: CommandLine
+    timeout: PositiveDuration = 30.0
+
+
+NotifierConfig = Annotated[
+    ConsoleNotifier | WebhookNotifier | CommandNotifier, Field(discriminator="type")
+]
+_NOTIFIER_MODELS: dict[str, type[_Model]] = {
+    "console": ConsoleNotifier,
+    "webhook": WebhookNotifier,
+    "command": CommandNotifier,
+}
+
+_TEMPLATE_FIELDS = frozenset(
+    {"id", "url", "method", "headers", "timeout", "options", "check", "notify", "secret_headers"}
+)
+
+
+class ResourceConfig(_Model):
+    """One watched resource, with every default applied; durations are in seconds."""
+
+    id: ResourceId
+    url: HttpUrl
+    check: CheckName = "etag"
+    every: PositiveDuration | None = None
+    tz: TimeZone = "UTC"
+    # After `every` and `tz`, so that its validator can see both.
+    cron: str | None = None
+    jitter: NonNegativeDuration = 0.0
+    method: Method = "GET"
+    headers: Headers = Field(default_factory=dict, repr=False)
+    secret_headers: HeaderNameList = Field(default_factory=list)
+    timeout: PositiveDuration = 10.0
+    notify: NameList = Field(default_factory=lambda: ["console"])
+    options: Options = Field(default_factory=dict)
+    enabled: bool = True
+    overlap: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: Any) -> Any:
+        data = super()._empty_means_default(data)
+        if isinstance(data, dict) and "every" not in data and "cron" not in data:
+            data["every"] = DEFAULT_EVERY
+        return data
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("every") is not None:
+            raise ValueError("`every` and `cron` are both set; keep one of them")
+        return _cron_expression(value, info.data.get("tz", "UTC"))
+
+    def identity(self) -> str:
+        """A short hash of what the stored validators depend on: url, method and check."""
+        payload = json.dumps([self.url, self.method, self.check], separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def template(self) -> dict[str, Any]:
+        """Everything a check run needs, as JSON-serialisable data."""
+        return self.model_dump(mode="json", include=set(_TEMPLATE_FIELDS))
+
+    def masked_headers(self) -> dict[str, str]:
+        """The headers with secret values (Authorization, Cookie, secret_headers) masked."""
+        return mask_headers(self.headers, self.secret_headers)
+
+
+RESOURCE_KEYS = tuple(ResourceConfig.model_fields)
+DEFAULTS_KEYS = tuple(key for key in RESOURCE_KEYS if key not in ("id", "url"))
+
+
+class Config(_Model):
+    redis: RedisUrl | None = None
+    """None: use the embedded Redis (``WATCHER_REDIS_URL`` is the CLI's business)."""
+    queue: QueueName = "watcher"
+    notifiers: dict[str, NotifierConfig] = Field(default_factory=dict)
+    """Every defined notifier, including the implicit ``console``."""
+    resources: list[ResourceConfig] = Field(default_factory=list)
+    source: str = "watcher.yaml"
+    _source_map: _SourceMap | None = PrivateAttr(default=None)
+
+    @field_validator("notifiers")
+    @classmethod
+    def _implicit_console(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {"console": ConsoleNotifier(), **value}
+
+    def error(self, path: Path, message: str) -> ConfigError:
+        """A ConfigError at ``path`` in the file, e.g. ``("resources", 2, "check")``.
+
+        For problems found after loading, such as a check name that is not registered.
+        """
+        source_map = self._source_map or _SourceMap(self.source)
+        return ConfigError([source_map.issue(path, message)], self.source)
+
+
+# ---------------------------------------------------------------------------- positions
+
+
+def _position(mark: yaml.Mark) -> Position:
+    return mark.line + 1, mark.column + 1
+
+
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass
+class _SourceMap:
+    """Where each key and value of the document is, and the resource ids by index."""
+
+    filename: str
+    keys: dict[Path, Position] = field(default_factory=dict)
+    values: dict[Path, Position] = field(default_factory=dict)
+    ids: dict[int, str] = field(default_factory=dict)
+
+    def locate(self, path: Path, *, key: bool = False) -> Position | None:
+        if key and path in self.keys:
+            return self.keys[path]
+        for depth in range(len(path), -1, -1):
+            parent = path[:depth]
+            found = self.values.get(parent) or self.keys.get(parent)
+            if found:
+                return found
+        return None
+
+    def describe(self, path: Path) -> str:
+        text = ""
+        for part in path:
+            if isinstance(part, int):
+                text += f"[{part}]"
+                if text == f"resources[{part}]" and part in self.ids:
+                    text += f" (id {_show(self.ids[part])})"
+            elif _PLAIN_KEY_RE.fullmatch(part):
+                text += f".{part}" if text else part
+            else:
+                text += f"[{_show(part)}]"
+        return text
+
+    def issue(
+        self, path: Path, message: str, *, key: bool = False, at: Path | None = None
+    ) -> ConfigIssue:
+        line, column = self.locate(path if at is None else at, key=key) or (None, None)
+        return ConfigIssue(self.filename, line, column, self.describe(path), message)
+
+
+class _Report:
+    """The issues found so far, with the source map to place them."""
+
+    def __init__(self, filename: str) -> None:
+        self.map = _SourceMap(filename)
+        self.issues: list[ConfigIssue] = []
+        self.env_failed: set[Path] = set()
+        self.notifiers: dict[str, Any] = {}
+
+    def add(self, path: Path, message: str, *, key: bool = False, at: Path | None = None) -> None:
+        self.issues.append(self.map.issue(path, message, key=key, at=at))
+
+    def add_at(self, mark: yaml.Mark, path: Path, message: str) -> None:
+        line, column = _position(mark)
+        self.issues.append(
+            ConfigIssue(self.map.filename, line, column, self.map.describe(path), message)
+        )
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.issues, self.map.filename)
+
+    def from_env_failure(self, path: Path) -> bool:
+        return any(path[: len(failed)] == failed for failed in self.env_failed)
+
+
+# ---------------------------------------------------------------------------- YAML
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _load_yaml(text: str, report: _Report) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _Builder(loader, report).build(node, ())
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_syntax_issue(report.map.filename, exc)], report.map.filename) from None
+    except yaml.YAMLError as exc:
+        issue = ConfigIssue(report.map.filename, None, None, "", f"YAML error: {exc}")
+        raise ConfigError([issue], report.map.filename) from None
+    finally:
+        loader.dispose()
+
+
+def _syntax_issue(filename: str, exc: yaml.MarkedYAMLError) -> ConfigIssue:
+    mark = exc.problem_mark or exc.context_mark
+    line, column = _position(mark) if mark else (None, None)
+    message = f"YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"
+    if exc.problem and exc.context and exc.context_mark:
+        context_line, context_column = _position(exc.context_mark)
+        message += f" ({exc.context} at line {context_line}, column {context_column})"
+    hint = _syntax_hint(exc)
+    return ConfigIssue(filename, line, column, "", f"{message}; {hint}" if hint else message)
+
+
+def _syntax_hint(exc: yaml.MarkedYAMLError) -> str | None:
+    problem, context = exc.problem or "", exc.context or ""
+    if "alias" in context or "undefined alias" in problem:
+        return 'a value starting with * must be quoted, e.g. cron: "*/5 * * * *"'
+    if "'\\t'" in problem:
+        return "indent with spaces, not tabs"
+    if "mapping values are not allowed" in problem:
+        return "check the indentation, or quote a value that contains ': '"
+    return None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        return exc.problem or exc.context or "invalid value"
+    return str(exc)
+
+
+class _Builder:
+    """Builds plain data from composed YAML nodes, recording every key's and value's position.
+
+    Keys are kept as written (``on:`` stays the string "on", not YAML 1.1's True).
+    """
+
+    def __init__(self, loader: yaml.SafeLoader, report: _Report) -> None:
+        self._loader = loader
+        self._report = report
+        self._active: set[int] = set()
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self._report.map.values[path] = _position(node.start_mark)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
+        if id(node) in self._active:
+            self._report.add_at(node.start_mark, path, "recursive YAML alias")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                self._check_tag(node, _SEQ_TAG, path)
+                return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
+            self._check_tag(node, _MAP_TAG, path)
+            return self._mapping(node, path)
+        finally:
+            self._active.discard(id(node))
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        try:
+            return self._loader.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:
+            self._report.add_at(node.start_mark, path, f"cannot read value: {_yaml_problem(exc)}")
+            return None
+
+    def _check_tag(self, node: yaml.Node, expected: str, path: Path) -> None:
+        if node.tag != expected:
+            self._report.add_at(node.start_mark, path, f"unsupported YAML tag {node.tag}")
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key_node, value_node in self._pairs(node, path):
+            key = key_node.value
+            self._report.map.keys[(*path, key)] = _position(key_node.start_mark)
+            result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def _pairs(self, node: yaml.MappingNode, path: Path) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The mapping's pairs with ``<<`` merges expanded; later pairs override earlier ones."""
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        first_seen: dict[str, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merged.extend(self._merge_sources(value_node, path))
+            elif not isinstance(key_node, yaml.ScalarNode):
+                self._report.add_at(key_node.start_mark, path, "a key must be a plain name")
+            elif key_node.value in first_seen:
+                first_line = first_seen[key_node.value].line + 1
+                self._report.add_at(
+                    key_node.start_mark,
+                    (*path, key_node.value),
+                    f"duplicate key `{key_node.value}` (first defined at line {first_line})",
+                )
+            else:
+                first_seen[key_node.value] = key_node.start_mark
+                own.append((key_node, value_node))
+        return merged + own
+
+    def _merge_sources(self, node: yaml.Node, path: Path) -> list[tuple[yaml.Node, yaml.Node]]:
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        # With `<<: [*a, *b]`, keys of *a win over *b: apply the list in reverse.
+        for source in reversed(sources):
+            if not isinstance(source, yaml.MappingNode) or id(source) in self._active:
+                self._report.add_at(source.start_mark, path, "`<<` expects a mapping or a list")
+                continue
+            self._active.add(id(source))
+            try:
+                pairs.extend(self._pairs(source, path))
+            finally:
+                self._active.discard(id(source))
+        return pairs
+
+
+# ---------------------------------------------------------------------------- environment
+
+_ENV_RE = re.compile(r"\$(?:(\$)|\{([^}]*)\}|(\{))")
+_ENV_REF_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def _substitute(value: Any, path: Path, env: Mapping[str, str], report: _Report) -> Any:
+    if isinstance(value, str):
+        return _expand(value, path, env, report)
+    if isinstance(value, dict):
+        return {key: _substitute(item, (*path, key), env, report) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, (*path, i), env, report) for i, item in enumerate(value)]
+    return value
+
+
+def _expand(text: str, path: Path, env: Mapping[str, str], report: _Report) -> str:
+    if "$" not in text:
+        return text
+    problems: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1):
+            return "$"
+        if match.group(3):
+            problems.append("unterminated `${`; write $$ for a literal dollar sign")
+            return match.group(0)
+        reference = _ENV_REF_RE.fullmatch(match.group(2))
+        if not reference:
+            problems.append(
+                f"invalid variable reference `{match.group(0)}`;"
+                " expected ${NAME} or ${NAME:-default}"
+            )
+            return match.group(0)
+        name, default = reference.groups()
+        found = env.get(name)
+        if found or (found is not None and default is None):
+            return found
+        if default is not None:
+            return default
+        problems.append(f"environment variable {name} is not set (write ${{{name}:-}} to allow it)")
+        return match.group(0)
+
+    result = _ENV_RE.sub(replace, text)
+    for problem in problems:
+        report.add(path, problem)
+        report.env_failed.add(path)
+    return result
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a value for messages."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key_message(key: str, known: tuple[str, ...]) -> str:
+    suggestion = _did_you_mean(key, known)
+    if suggestion:
+        return f"unknown key `{key}` (did you mean `{suggestion}`?)"
+    if known:
+        return f"unknown key `{key}`; expected one of: {', '.join(known)}"
+    return f"unknown key `{key}`"
+
+
+_EXPECTED = {
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "list_type": "expected a list",
+    "string_type": "expected text",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+}
+
+
+class _Validator:
+    """Runs pydantic and turns its errors into positioned issues."""
+
+    def __init__(self, report: _Report) -> None:
+        self.report = report
+        self.inherited: dict[int, set[str]] = {}
+        """Per resource index, the keys that came from `defaults`."""
+
+    def validate(self, model: type[_Model], data: Any, prefix: Path = ()) -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                self.report_error(error, prefix)
+            return None
+
+    def report_error(self, error: Any, prefix: Path) -> None:
+        path = self._normalise((*prefix, *error["loc"]))
+        key_error = bool(path) and path[-1] == "[key]"
+        if key_error:
+            path = path[:-1]
+        at = self._origin(path)
+        if self.report.from_env_failure(path) or self.report.from_env_failure(at):
+            return
+        kind = error["type"]
+        message = self._message(error, path)
+        if at != path:
+            message += " (set in defaults)"
+        if kind == "missing":
+            self.report.add(path, message, at=at[:-1])
+        elif kind.startswith("union_tag"):
+            self.report.add((*path, "type"), message, at=(*at, "type"))
+        else:
+            self.report.add(path, message, key=key_error or kind == "extra_forbidden", at=at)
+
+    def _normalise(self, loc: tuple[Any, ...]) -> Path:
+        path: Path = tuple(loc)
+        # A discriminated union puts the tag in the location: notifiers.NAME.webhook.url
+        if len(path) >= 3 and path[0] == "notifiers" and path[2] in _NOTIFIER_MODELS:
+            path = path[:2] + path[3:]
+        return path
+
+    def _origin(self, path: Path) -> Path:
+        """Where a merged resource value was written: in the resource or in `defaults`."""
+        if len(path) >= 3 and path[0] == "resources" and isinstance(path[1], int):
+            if path[2] in self.inherited.get(path[1], ()):
+                return ("defaults", *path[2:])
+        return path
+
+    def _message(self, error: Any, path: Path) -> str:
+        kind, ctx = error["type"], error.get("ctx") or {}
+        if kind == "extra_forbidden":
+            return _unknown_key_message(str(path[-1]), self._known_keys(path[:-1]))
+        if kind == "missing":
+            return f"missing required key `{path[-1]}`"
+        if kind in ("value_error", "assertion_error") and "error" in ctx:
+            return str(ctx["error"])
+        if kind == "union_tag_invalid":
+            tag = str(ctx.get("tag", ""))
+            suggestion = _did_you_mean(tag, _NOTIFIER_MODELS)
+            hint = f" (did you mean `{suggestion}`?)" if suggestion else ""
+            return f"unknown notifier type {_show(tag)}{hint}; expected one of {_notifier_types()}"
+        if kind == "union_tag_not_found":
+            return f"missing key `type`; expected one of {_notifier_types()}"
+        if kind == "greater_than_equal":
+            message = f"expected a number >= {ctx.get('ge')}"
+        else:
+            message = _EXPECTED.get(kind) or error["msg"].replace("Input should be", "expected")
+        if "headers" in path:  # the value may be a secret
+            return message
+        return f"{message} (got {_show(error.get('input'))})"
+
+    def _known_keys(self, parent: Path) -> tuple[str, ...]:
+        if parent == ():
+            return TOP_LEVEL_KEYS
+        if parent == ("defaults",):
+            return DEFAULTS_KEYS
+        if len(parent) == 2 and parent[0] == "resources":
+            return RESOURCE_KEYS
+        if len(parent) == 2 and parent[0] == "notifiers":
+            definition = self.report.notifiers.get(str(parent[1]))
+            kind = definition.get("type") if isinstance(definition, dict) else None
+            model = _NOTIFIER_MODELS.get(kind) if isinstance(kind, str) else None
+            return tuple(model.model_fields) if model else ()
+        return ()
+
+
+def _notifier_types() -> str:
+    return ", ".join(_NOTIFIER_MODELS)
+
+
+# ---------------------------------------------------------------------------- the pipeline
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file; raises ConfigError listing every problem."""
+    source = os.fsdecode(path)
+    try:
+        with open(source, encoding="utf-8-sig") as file:
+            text = file.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigIssue(source, None, None, "", f"cannot read: {reason}")], source)
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigError([ConfigIssue(source, None, None, "", message)], source) from None
+    return parse_config(text, source, env)
+
+
+def parse_config(
+    text: str, filename: str = "watcher.yaml", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate configuration text; ``filename`` is used in messages and as ``Config.source``."""
+    report = _Report(filename)
+    data = _load_yaml(text, report)
+    data = _substitute(data, (), os.environ if env is None else env, report)
+    root = _root_mapping(data, report)
+    resources = root.get("resources")
+    report.map.ids = _resource_ids(resources)
+    if isinstance(root.get("notifiers"), dict):
+        report.notifiers = root["notifiers"]
+
+    validator = _Validator(report)
+    defaults = _checked_defaults(root.pop("defaults", None), validator)
+    _check_duplicate_ids(resources, report)
+    _check_notifier_references(defaults, resources, report)
+    if isinstance(resources, list):
+        merged = [_merge_defaults(defaults, item) for item in resources]
+        root["resources"] = [item for item, _ in merged]
+        validator.inherited = {i: inherited for i, (_, inherited) in enumerate(merged)}
+
+    config = validator.validate(Config, {**root, "source": filename})
+    if report.issues or config is None:
+        raise report.error()
+    config._source_map = report.map
+    return config
+
+
+def _root_mapping(data: Any, report: _Report) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        report.add((), f"expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)} (got {_show(data)})")
+        return {}
+    for key in [key for key in data if key not in TOP_LEVEL_KEYS]:
+        report.add((key,), _unknown_key_message(key, TOP_LEVEL_KEYS), key=True)
+        del data[key]
+    return data
+
+
+def _resource_ids(resources: Any) -> dict[int, str]:
+    if not isinstance(resources, list):
+        return {}
+    return {
+        i: item["id"]
+        for i, item in enumerate(resources)
+        if isinstance(item, dict) and isinstance(item.get("id"), str)
+    }
+
+
+def _checked_defaults(raw: Any, validator: _Validator) -> dict[str, Any]:
+    """The valid part of `defaults`; its problems are reported once, at `defaults`."""
+    report = validator.report
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        report.add(("defaults",), f"expected a mapping (got {_show(raw)})")
+        return {}
+    rejected = {key for key in ("id", "url") if key in raw}
+    for key in rejected:
+        report.add(("defaults", key), f"`{key}` cannot be set in defaults", key=True)
+    candidate = {key: value for key, value in raw.items() if key not in rejected}
+    try:
+        ResourceConfig.model_validate({**candidate, "id": "defaults", "url": "http://defaults"})
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            validator.report_error(error, ("defaults",))
+            if error["loc"]:
+                rejected.add(str(error["loc"][0]))
+    rejected |= {str(path[1]) for path in report.env_failed if path[:1] == ("defaults",)}
+    return {key: value for key, value in candidate.items() if key not in rejected}
+
+
+def _merge_defaults(defaults: dict[str, Any], resource: Any) -> tuple[Any, set[str]]:
+    """The resource with defaults applied, and the keys it inherited.
+
+    `every` and `cron` are one setting: a resource that sets either ignores both defaults.
+    `secret_headers` are combined, so that a default secret header stays masked.
+    """
+    if not isinstance(resource, dict):
+        return resource, set()
+    own = {key: value for key, value in resource.items() if value is not None}
+    merged = dict(defaults)
+    if "every" in own or "cron" in own:
+        merged.pop("every", None)
+        merged.pop("cron", None)
+    for key, value in own.items():
+        base = merged.get(key)
+        if key == "headers" and isinstance(base, dict) and isinstance(value, dict):
+            lowered = {name.lower() for name in value}
+            merged[key] = {n: v for n, v in base.items() if n.lower() not in lowered} | value
+        elif key == "options" and isinstance(base, dict) and isinstance(value, dict):
+            merged[key] = base | value
+        elif key == "secret_headers" and isinstance(base, list) and isinstance(value, list):
+            merged[key] = list(dict.fromkeys([*base, *value]))
+        else:
+            merged[key] = value
+    return merged, {key for key in merged if key not in own}
+
+
+def _check_duplicate_ids(resources: Any, report: _Report) -> None:
+    first_index: dict[str, int] = {}
+    for i, resource_id in _resource_ids(resources).items():
+        if resource_id not in first_index:
+            first_index[resource_id] = i
+            continue
+        first = report.map.locate(("resources", first_index[resource_id], "id"))
+        where = f" (first defined at line {first[0]})" if first else ""
+        report.add(("resources", i, "id"), f"duplicate id {_show(resource_id)}{where}")
+
+
+def _check_notifier_references(defaults: dict[str, Any], resources: Any, report: _Report) -> None:
+    names = {"console", *report.notifiers}
+    _check_notify(("defaults", "notify"), defaults.get("notify"), names, report)
+    for i, resource in enumerate(resources if isinstance(resources, list) else []):
+        if isinstance(resource, dict):
+            _check_notify(("resources", i, "notify"), resource.get("notify"), names, report)
+
+
+def _check_notify(path: Path, value: Any, names: set[str], report: _Report) -> None:
+    if isinstance(value, str):
+        entries: list[tuple[Path, Any]] = [(path, value)]
+    elif isinstance(value, list):
+        entries = [((*path, j), name) for j, name in enumerate(value)]
+    else:
+        return
+    defined = ", ".join(sorted(names))
+    for entry_path, name in entries:
+        if not isinstance(name, str) or name in names or report.from_env_failure(entry_path):
+            continue
+        suggestion = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+        hint = f" (did you mean `{suggestion[0]}`?)" if suggestion else ""
+        report.add(
+            entry_path,
+            f"unknown notifier {_show(name)}{hint}; define it under `notifiers`"
+            f" (defined: {defined})",
+        )
