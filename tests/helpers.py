@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -39,7 +40,7 @@ def start_worker_process(url: str, queue: Queue | str, mode: str, *args: str) ->
     proc = subprocess.Popen(
         [sys.executable, str(TESTS / "worker_proc.py"), url, name, mode, *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=tempfile.TemporaryFile(),  # never a pipe: a chatty worker must not block on it
         text=True,
     )
     assert proc.stdout is not None

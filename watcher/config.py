@@ -362,10 +362,14 @@ class _Model(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_means_default(cls, data: Any) -> Any:
-        # `headers:` with nothing after it is YAML null: treat it as "not set".
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
+        return _drop_empty(data)
+
+
+def _drop_empty(data: Any) -> Any:
+    # `headers:` with nothing after it is YAML null: treat it as "not set".
+    if isinstance(data, dict):
+        return {key: value for key, value in data.items() if value is not None}
+    return data
 
 
 class ConsoleNotifier(_Model):
@@ -426,7 +430,7 @@ class ResourceConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _empty_means_default(cls, data: Any) -> Any:
-        data = super()._empty_means_default(data)
+        data = _drop_empty(data)
         if isinstance(data, dict) and "every" not in data and "cron" not in data:
             data["every"] = DEFAULT_EVERY
         return data
@@ -460,7 +464,7 @@ class Config(_Model):
     redis: RedisUrl | None = None
     """None: use the embedded Redis (``WATCHER_REDIS_URL`` is the CLI's business)."""
     queue: QueueName = "watcher"
-    notifiers: dict[str, NotifierConfig] = Field(default_factory=dict)
+    notifiers: dict[str, NotifierConfig] = Field(default_factory=dict, validate_default=True)
     """Every defined notifier, including the implicit ``console``."""
     resources: list[ResourceConfig] = Field(default_factory=list)
     source: str = "watcher.yaml"
@@ -530,25 +534,29 @@ class _SourceMap:
 
 
 class _Report:
-    """The issues found so far, with the source map to place them."""
+    """The problems found so far; they are described once all resource ids are known."""
 
     def __init__(self, filename: str) -> None:
         self.map = _SourceMap(filename)
-        self.issues: list[ConfigIssue] = []
+        self.problems: list[tuple[Path, Position | None, str]] = []
         self.env_failed: set[Path] = set()
         self.notifiers: dict[str, Any] = {}
 
     def add(self, path: Path, message: str, *, key: bool = False, at: Path | None = None) -> None:
-        self.issues.append(self.map.issue(path, message, key=key, at=at))
+        position = self.map.locate(path if at is None else at, key=key)
+        self.problems.append((path, position, message))
 
     def add_at(self, mark: yaml.Mark, path: Path, message: str) -> None:
-        line, column = _position(mark)
-        self.issues.append(
-            ConfigIssue(self.map.filename, line, column, self.map.describe(path), message)
-        )
+        self.problems.append((path, _position(mark), message))
 
     def error(self) -> ConfigError:
-        return ConfigError(self.issues, self.map.filename)
+        issues = [
+            ConfigIssue(
+                self.map.filename, *(position or (None, None)), self.map.describe(path), msg
+            )
+            for path, position, msg in self.problems
+        ]
+        return ConfigError(issues, self.map.filename)
 
     def from_env_failure(self, path: Path) -> bool:
         return any(path[: len(failed)] == failed for failed in self.env_failed)
@@ -589,11 +597,13 @@ def _syntax_issue(filename: str, exc: yaml.MarkedYAMLError) -> ConfigIssue:
 
 def _syntax_hint(exc: yaml.MarkedYAMLError) -> str | None:
     problem, context = exc.problem or "", exc.context or ""
+    if "single document" in context:
+        return "a configuration is one YAML document: remove the `---` line"
     if "alias" in context or "undefined alias" in problem:
         return 'a value starting with * must be quoted, e.g. cron: "*/5 * * * *"'
     if "'\\t'" in problem:
         return "indent with spaces, not tabs"
-    if "mapping values are not allowed" in problem:
+    if "mapping values are not allowed" in problem or "expected <block end>" in problem:
         return "check the indentation, or quote a value that contains ': '"
     return None
 
@@ -830,9 +840,9 @@ class _Validator:
 
     def _origin(self, path: Path) -> Path:
         """Where a merged resource value was written: in the resource or in `defaults`."""
-        if len(path) >= 3 and path[0] == "resources" and isinstance(path[1], int):
-            if path[2] in self.inherited.get(path[1], ()):
-                return ("defaults", *path[2:])
+        is_resource_field = len(path) >= 3 and path[0] == "resources"
+        if is_resource_field and path[2] in self.inherited.get(path[1], set()):  # type: ignore[arg-type]
+            return ("defaults", *path[2:])
         return path
 
     def _message(self, error: Any, path: Path) -> str:
@@ -888,7 +898,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
             text = file.read()
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConfigError([ConfigIssue(source, None, None, "", f"cannot read: {reason}")], source)
+        issue = ConfigIssue(source, None, None, "", f"cannot read: {reason}")
+        raise ConfigError([issue], source) from None
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise ConfigError([ConfigIssue(source, None, None, "", message)], source) from None
@@ -918,7 +929,7 @@ def parse_config(
         validator.inherited = {i: inherited for i, (_, inherited) in enumerate(merged)}
 
     config = validator.validate(Config, {**root, "source": filename})
-    if report.issues or config is None:
+    if report.problems or config is None:
         raise report.error()
     config._source_map = report.map
     return config
@@ -928,7 +939,8 @@ def _root_mapping(data: Any, report: _Report) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        report.add((), f"expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)} (got {_show(data)})")
+        keys = ", ".join(TOP_LEVEL_KEYS)
+        report.add((), f"expected a mapping with keys {keys} (got {_show(data)})")
         return {}
     for key in [key for key in data if key not in TOP_LEVEL_KEYS]:
         report.add((key,), _unknown_key_message(key, TOP_LEVEL_KEYS), key=True)

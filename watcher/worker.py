@@ -149,6 +149,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._takes = 0
         self._redis_down_since: float | None = None
+        self._redis_back_at = -60.0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -211,17 +212,24 @@ class Worker:
     async def _redis_failed(self, exc: BaseException, attempt: int) -> None:
         if self._redis_down_since is None:
             self._redis_down_since = time.monotonic()
-            log.warning("Redis unavailable (%s); reconnecting with backoff", exc)
+            # stale pooled connections fail once more right after a reconnect: same outage
+            recently_back = time.monotonic() - self._redis_back_at < 5.0
+            log.log(
+                logging.DEBUG if recently_back else logging.WARNING,
+                "Redis unavailable (%s); reconnecting with backoff",
+                exc,
+            )
         delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
 
     def _redis_ok(self) -> None:
         if self._redis_down_since is not None:
-            log.warning(
-                "Redis is back after %.1fs; resuming", time.monotonic() - self._redis_down_since
-            )
+            down_for = time.monotonic() - self._redis_down_since
+            if time.monotonic() - self._redis_back_at >= 5.0:
+                log.warning("Redis is back after %.1fs; resuming", down_for)
             self._redis_down_since = None
+            self._redis_back_at = time.monotonic()
 
     # -- fetch and run --------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ arq has no bulk enqueue: `enqueue_job` (WATCH/MULTI per job) is called from 50 c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import platform
 import sys
 import time
 import traceback
@@ -18,12 +20,10 @@ ENQUEUE_LANES = 50
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    out = {"python": platform.python_version()}
     for name in ("arq", "redis", "hiredis"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -71,7 +71,9 @@ async def e2e(task: dict) -> dict:
     try:
         await asyncio.wait_for(done.wait(), task.get("timeout", 300))
     except TimeoutError:
-        raise RuntimeError(f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s") from None
+        raise RuntimeError(
+            f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s"
+        ) from None
     finally:
         try:
             await asyncio.wait_for(run, 30)  # burst mode: returns once the queue is empty

@@ -11,7 +11,9 @@ Python port gives each Queue a single connection, so these calls share it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import platform
 import sys
 import time
 import traceback
@@ -22,12 +24,10 @@ LANES = 50
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    out = {"python": platform.python_version()}
     for name in ("bullmq", "redis", "hiredis"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -79,7 +79,9 @@ async def e2e(task: dict) -> dict:
                 break
             await asyncio.sleep(0.005)
     except TimeoutError:
-        raise RuntimeError(f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s") from None
+        raise RuntimeError(
+            f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s"
+        ) from None
     finally:
         await worker.close()
         try:

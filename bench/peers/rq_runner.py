@@ -9,7 +9,9 @@ rq's worker logs to stdout: its level is set to WARNING so that the JSON line st
 
 from __future__ import annotations
 
+import contextlib
 import json
+import platform
 import sys
 import time
 import traceback
@@ -20,12 +22,10 @@ STATE = {"count": 0, "n": 0, "t_done": 0.0}
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    out = {"python": platform.python_version()}
     for name in ("rq", "redis", "hiredis"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

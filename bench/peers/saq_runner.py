@@ -9,7 +9,9 @@ tasks (saq itself caps concurrent Redis operations at `max_concurrent_ops`, defa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import platform
 import sys
 import time
 import traceback
@@ -19,12 +21,10 @@ ENQUEUE_LANES = 50
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    out = {"python": platform.python_version()}
     for name in ("saq", "redis", "hiredis"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -66,7 +66,9 @@ async def e2e(task: dict) -> dict:
     try:
         await asyncio.wait_for(done.wait(), task.get("timeout", 300))
     except TimeoutError:
-        raise RuntimeError(f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s") from None
+        raise RuntimeError(
+            f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s"
+        ) from None
     finally:
         # let the last handlers' completions land before stopping (stop cancels in-flight tasks)
         deadline = time.perf_counter() + 10

@@ -12,7 +12,9 @@ Tasks:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import platform
 import statistics
 import sys
 import time
@@ -24,12 +26,10 @@ LANES = 50
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    out = {"python": platform.python_version()}
     for name in ("watcher", "redis", "hiredis"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     if "watcher" not in out:
         out["watcher"] = "working tree"
     return out
@@ -90,7 +90,9 @@ async def e2e(task: dict) -> dict:
                 break
             await asyncio.sleep(0.005)
     except TimeoutError:
-        raise RuntimeError(f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s") from None
+        raise RuntimeError(
+            f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s"
+        ) from None
     finally:
         await stop_worker(worker, run)
     completed = (await queue.counts())["completed"]
@@ -119,7 +121,9 @@ async def schedulers(task: dict) -> dict:
     queue = Queue.from_url(task["url"], name="bench")
     # one warm-up upsert loads the scripts and creates the queue's fixed keys before the baseline
     await queue.upsert_scheduler("warmup", name="noop", data={}, every=every)
-    specs = [SchedulerSpec(id=f"sched-{i}", name="noop", data={"i": i}, every=every) for i in range(n)]
+    specs = [
+        SchedulerSpec(id=f"sched-{i}", name="noop", data={"i": i}, every=every) for i in range(n)
+    ]
     before = await used_memory(queue)
     t0 = time.perf_counter()
     await queue.upsert_schedulers(specs)
@@ -162,7 +166,9 @@ async def lateness(task: dict) -> dict:
 
     n, every, duration = task["n"], task.get("every", 10.0), task["duration"]
     queue = Queue.from_url(task["url"], name="bench")
-    specs = [SchedulerSpec(id=f"late-{i}", name="noop", data={"i": i}, every=every) for i in range(n)]
+    specs = [
+        SchedulerSpec(id=f"late-{i}", name="noop", data={"i": i}, every=every) for i in range(n)
+    ]
     await queue.upsert_schedulers(specs)
 
     samples: list[tuple[int, float]] = []

@@ -1,0 +1,586 @@
+# ruff: noqa: E402  (sys.path is fixed before the imports, see below)
+"""Queue benchmark: watcher against the libraries a user would pick instead.
+
+    .venv/bin/python bench/queue.py [--quick] [--only NAME,...] [--runs 3]
+
+Peers: arq, saq, rq (SimpleWorker) and BullMQ's Python port (`bullmq`). Each peer gets a
+virtual environment of its own under bench/.venvs/<peer> (created and filled with pip on first
+use: their redis-py pins conflict) and each measurement runs as a subprocess,
+bench/peers/<peer>_runner.py, that prints one JSON line. watcher's runner runs in the project
+venv. Everything talks to one private redis-server on 127.0.0.1 (FLUSHALL before each run).
+
+Measured, each the median of --runs runs, interleaved (run 1 of every library, then run 2...):
+  enqueue/s   20,000 no-op jobs, with the library's bulk enqueue where it has one, else
+              enqueue calls from 50 concurrent tasks;
+  e2e/s       then one worker (concurrency 50 where the library has it) started and timed
+              until its handler has run all 20,000 jobs;
+  upserts/s, bytes/scheduler   (watcher, bullmq) 10,000 distinct schedulers every 10 s, and
+              the INFO used_memory delta / 10,000 (no worker running);
+  lateness    (watcher) 10,000 schedulers every 10 s for 60 s: handler start - planned time.
+Prints a rich table and writes it as Markdown to bench/results-queue.md.
+"""
+
+import sys
+from pathlib import Path
+
+# This file is named queue.py: keep its folder off sys.path, or `import queue` (asyncio,
+# concurrent.futures, ...) would import it instead of the standard library's module.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from watcher.redis_server import RedisServer
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENVS = BENCH / ".venvs"
+PEERS = BENCH / "peers"
+RESULTS = BENCH / "results-queue.md"
+
+# pip requirements of each peer's venv (None: the project venv). saq 0.26 imports
+# typing_extensions without declaring it, hence the explicit requirement.
+REQUIREMENTS: dict[str, list[str] | None] = {
+    "watcher": None,
+    "arq": ["arq", "hiredis"],
+    "saq": ["saq[redis,hiredis]", "typing_extensions"],
+    "rq": ["rq", "hiredis"],
+    "bullmq": ["bullmq", "hiredis"],
+}
+SCHEDULER_LIBS = ("watcher", "bullmq")
+
+console = Console(highlight=False)
+
+
+@dataclass
+class Variant:
+    """One row of the table: a library with one set of worker settings."""
+
+    lib: str
+    label: str
+    task: dict[str, Any]
+    primary: bool = True  # the row that shows the library's scheduler numbers
+    enqueue: list[float] = field(default_factory=list)
+    e2e: list[float] = field(default_factory=list)
+    enqueue_method: str = ""
+    error: str | None = None
+
+
+def variants() -> list[Variant]:
+    return [
+        Variant("watcher", "watcher (concurrency=50)", {"concurrency": 50}),
+        Variant("arq", "arq (max_jobs=50)", {"max_jobs": 50}),
+        Variant(
+            "arq", "arq (max_jobs=50, poll_delay=0.01)", {"max_jobs": 50, "poll_delay": 0.01}, False
+        ),
+        Variant("saq", "saq (concurrency=50)", {"concurrency": 50}),
+        Variant("rq", "rq (SimpleWorker, burst)", {}),
+        Variant("bullmq", "bullmq (concurrency=50)", {"concurrency": 50}),
+        Variant("bullmq", "bullmq (concurrency=10)", {"concurrency": 10}, False),
+    ]
+
+
+@dataclass
+class Sizes:
+    jobs: int
+    schedulers: int
+    late_schedulers: int
+    late_seconds: float
+    every: float = 10.0
+    run_timeout: float = 300.0
+
+
+FULL = Sizes(jobs=20_000, schedulers=10_000, late_schedulers=10_000, late_seconds=60.0)
+QUICK = Sizes(
+    jobs=2_000, schedulers=1_000, late_schedulers=1_000, late_seconds=15.0, run_timeout=120.0
+)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# -- peer environments ------------------------------------------------------------------
+
+
+def python_for(lib: str) -> Path:
+    """The interpreter for `lib`'s runner: the project venv for watcher, else bench/.venvs/<lib>,
+    created and filled on first use (and refilled when the requirement list changes)."""
+    reqs = REQUIREMENTS[lib]
+    if reqs is None:
+        return Path(sys.executable)
+    venv = VENVS / lib
+    python = venv / "bin" / "python"
+    stamp = venv / ".bench-requirements"
+    wanted = "\n".join(reqs)
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    console.print(f"[bold]{lib}[/]: creating {venv.relative_to(REPO)} and installing {reqs}")
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *reqs],
+    ]
+    for cmd in steps:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"`{shlex.join(cmd[:4])} ...` timed out") from None
+        if proc.returncode != 0:
+            raise BenchError(f"install failed: {last_line(proc.stderr) or proc.returncode}")
+    stamp.write_text(wanted)
+    return python
+
+
+def run_runner(lib: str, python: Path, task: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run bench/peers/<lib>_runner.py with one task; its last JSON line of stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    if lib == "watcher":
+        env["PYTHONPATH"] = str(REPO)
+    cmd = [str(python), str(PEERS / f"{lib}_runner.py"), json.dumps(task)]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO)
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"runner timed out after {timeout:.0f} s") from None
+    result = None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            break
+    if result is None:
+        reason = last_line(proc.stderr) or f"no result (exit code {proc.returncode})"
+        raise BenchError(reason)
+    if not result.get("ok"):
+        raise BenchError(result.get("error") or "runner failed")
+    return result
+
+
+# -- formatting -------------------------------------------------------------------------
+
+
+def rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:,.0f}"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def failed(reason: str) -> str:
+    reason = " ".join(reason.split())
+    return f"failed: {reason[:120]}"
+
+
+def machine_info(server_url: str) -> dict[str, str]:
+    client = redis.Redis.from_url(server_url)
+    info = client.info("server")
+    client.close()
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "redis": str(info.get("redis_version", "?")),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def command_line() -> str:
+    exe = Path(sys.executable)
+    try:
+        shown = str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)
+    except ValueError:
+        shown = str(exe)
+    return shlex.join([shown, "bench/queue.py", *sys.argv[1:]])
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+@dataclass
+class SchedResult:
+    upsert: list[float] = field(default_factory=list)
+    single: list[float] = field(default_factory=list)
+    bytes_per: list[float] = field(default_factory=list)
+    method: str = ""
+    single_method: str = ""
+    error: str | None = None
+
+
+@dataclass
+class LateResult:
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    worst: list[float] = field(default_factory=list)
+    runs: list[int] = field(default_factory=list)
+    expected: int = 0
+    error: str | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts, one run")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated libraries ({', '.join(REQUIREMENTS)})"
+    )
+    parser.add_argument("--runs", type=int, default=None, help="runs per measurement (3)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the Markdown file")
+    args = parser.parse_args(argv)
+    args.libs = [name.strip() for name in args.only.split(",") if name.strip()] or list(
+        REQUIREMENTS
+    )
+    unknown = [name for name in args.libs if name not in REQUIREMENTS]
+    if unknown:
+        parser.error(f"unknown library {', '.join(unknown)}: choose from {', '.join(REQUIREMENTS)}")
+    if args.runs is None:
+        args.runs = 1 if args.quick else 3
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    rows = [v for v in variants() if v.lib in args.libs]
+    sched = {lib: SchedResult() for lib in SCHEDULER_LIBS if lib in args.libs}
+    late = LateResult() if "watcher" in args.libs else None
+    started = time.monotonic()
+
+    # environments first: a library whose install fails is reported, the rest go on
+    pythons: dict[str, Path] = {}
+    versions: dict[str, dict[str, str]] = {}
+    setup_errors: dict[str, str] = {}
+    for lib in args.libs:
+        try:
+            pythons[lib] = python_for(lib)
+            versions[lib] = run_runner(lib, pythons[lib], {"mode": "versions"}, 120)["versions"]
+            shown = ", ".join(f"{k} {v}" for k, v in versions[lib].items())
+            console.print(f"[bold]{lib}[/]: {shown}")
+        except BenchError as exc:
+            setup_errors[lib] = str(exc)
+            console.print(f"[bold red]{lib}[/]: {failed(str(exc))}")
+    for row in rows:
+        row.error = setup_errors.get(row.lib)
+    for lib, result in sched.items():
+        result.error = setup_errors.get(lib)
+    if late is not None:
+        late.error = setup_errors.get("watcher")
+
+    with RedisServer() as server:
+        url = server.url
+        machine = machine_info(url)
+        console.print(
+            f"private redis-server {machine['redis']} at {url}; nproc {machine['nproc']}; "
+            f"{sizes.jobs:,} jobs, {sizes.schedulers:,} schedulers, {args.runs} run(s)"
+        )
+        admin = redis.Redis.from_url(url)
+
+        def task(mode: str, **extra: Any) -> dict[str, Any]:
+            admin.flushall()
+            return {"mode": mode, "url": url, "timeout": sizes.run_timeout, **extra}
+
+        for run in range(1, args.runs + 1):
+            tag = f"run {run}/{args.runs}"
+            for row in rows:
+                if row.error:
+                    continue
+                console.print(f"[dim]{tag}[/] {row.label}: e2e {sizes.jobs:,} jobs ...", end="")
+                try:
+                    res = run_runner(
+                        row.lib,
+                        pythons[row.lib],
+                        task("e2e", n=sizes.jobs, **row.task),
+                        sizes.run_timeout + 120,
+                    )
+                except BenchError as exc:
+                    row.error = str(exc)
+                    console.print(f" [red]{failed(row.error)}[/]")
+                    continue
+                row.enqueue.append(res["enqueue_rate"])
+                row.e2e.append(res["e2e_rate"])
+                row.enqueue_method = res["enqueue_method"]
+                console.print(
+                    f" enqueue {res['enqueue_rate']:,.0f}/s, e2e {res['e2e_rate']:,.0f}/s "
+                    f"({res['e2e_s']:.2f} s, {res['handled']:,} handled)"
+                )
+            for lib, result in sched.items():
+                if result.error:
+                    continue
+                console.print(
+                    f"[dim]{tag}[/] {lib}: upsert {sizes.schedulers:,} schedulers ...", end=""
+                )
+                try:
+                    res = run_runner(
+                        lib,
+                        pythons[lib],
+                        task("schedulers", n=sizes.schedulers, every=sizes.every),
+                        sizes.run_timeout + 120,
+                    )
+                except BenchError as exc:
+                    result.error = str(exc)
+                    console.print(f" [red]{failed(result.error)}[/]")
+                    continue
+                result.upsert.append(res["upsert_rate"])
+                result.bytes_per.append(res["bytes_per_scheduler"])
+                result.method = res["upsert_method"]
+                if "single_upsert_rate" in res:
+                    result.single.append(res["single_upsert_rate"])
+                    result.single_method = res["single_upsert_method"]
+                console.print(
+                    f" {res['upsert_rate']:,.0f}/s ({res['upsert_method']}), "
+                    f"{res['bytes_per_scheduler']:,.0f} bytes/scheduler"
+                )
+            if late is not None and not late.error:
+                console.print(
+                    f"[dim]{tag}[/] watcher: lateness, {sizes.late_schedulers:,} schedulers "
+                    f"every {sizes.every:g} s for {sizes.late_seconds:g} s ...",
+                    end="",
+                )
+                try:
+                    res = run_runner(
+                        "watcher",
+                        pythons["watcher"],
+                        task(
+                            "lateness",
+                            n=sizes.late_schedulers,
+                            every=sizes.every,
+                            duration=sizes.late_seconds,
+                            concurrency=50,
+                        ),
+                        sizes.late_seconds + 180,
+                    )
+                except BenchError as exc:
+                    late.error = str(exc)
+                    console.print(f" [red]{failed(late.error)}[/]")
+                else:
+                    late.p50.append(res["p50_ms"])
+                    late.p99.append(res["p99_ms"])
+                    late.worst.append(res["max_ms"])
+                    late.runs.append(res["runs"])
+                    late.expected = res["expected_runs"]
+                    console.print(
+                        f" p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+                        f"max {res['max_ms']:.1f} ms ({res['runs']:,} runs)"
+                    )
+        admin.flushall()
+        admin.close()
+
+    elapsed = time.monotonic() - started
+    header, body = build_table(rows, sched)
+    late_line = lateness_line(late, sizes)
+    show(header, body, late_line, sizes, args.runs)
+    write_markdown(
+        args.output, header, body, late_line, rows, sched, late, sizes, args, machine, versions,
+        elapsed,
+    )  # fmt: skip
+    console.print(f"wrote {args.output} ({elapsed / 60:.1f} min in all)")
+    return 0
+
+
+def build_table(
+    rows: list[Variant], sched: dict[str, SchedResult]
+) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "library (settings)",
+        "enqueue/s",
+        "enqueue via",
+        "e2e/s",
+        "e2e vs fastest peer",
+        "upserts/s",
+        "bytes/scheduler",
+    ]
+    peer_best = max(
+        (median(r.e2e) or 0.0 for r in rows if r.lib != "watcher" and r.e2e), default=0.0
+    )
+    body = []
+    for row in rows:
+        if row.error and not row.e2e:
+            cells = [row.label, failed(row.error), "", "", "", "", ""]
+        else:
+            e2e = median(row.e2e)
+            ratio = f"{e2e / peer_best:.2f}x" if e2e and peer_best else "—"
+            note = f" ({failed(row.error)})" if row.error else ""
+            cells = [
+                row.label + note,
+                rate(median(row.enqueue)),
+                row.enqueue_method,
+                rate(e2e),
+                ratio,
+                "",
+                "",
+            ]
+        result = sched.get(row.lib)
+        if result is not None and row.primary:
+            if result.error and not result.upsert:
+                cells[5] = failed(result.error)
+            else:
+                cells[5] = rate(median(result.upsert))
+                cells[6] = rate(median(result.bytes_per))
+        body.append(cells)
+    return header, body
+
+
+def lateness_line(late: LateResult | None, sizes: Sizes) -> str:
+    if late is None:
+        return ""
+    what = (
+        f"watcher fire lateness ({sizes.late_schedulers:,} schedulers every {sizes.every:g} s "
+        f"over {sizes.late_seconds:g} s, one worker, concurrency 50)"
+    )
+    if not late.p50:
+        return f"{what}: {failed(late.error or 'no result')}"
+    return (
+        f"{what}: p50 {median(late.p50):.1f} ms, p99 {median(late.p99):.1f} ms, "
+        f"max {max(late.worst):.1f} ms ({round(median(late.runs) or 0):,} of "
+        f"~{late.expected:,} runs per {len(late.p50)} run(s))"
+    )
+
+
+def show(header: list[str], body: list[list[str]], late_line: str, sizes: Sizes, runs: int):
+    table = Table(
+        title=f"Queue benchmark: {sizes.jobs:,} no-op jobs, median of {runs} run(s)",
+        title_justify="left",
+    )
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if i not in (0, 2) else "left")
+    for cells in body:
+        table.add_row(*cells)
+    console.print(table)
+    if late_line:
+        console.print(late_line)
+
+
+def write_markdown(
+    path: Path,
+    header: list[str],
+    body: list[list[str]],
+    late_line: str,
+    rows: list[Variant],
+    sched: dict[str, SchedResult],
+    late: LateResult | None,
+    sizes: Sizes,
+    args: argparse.Namespace,
+    machine: dict[str, str],
+    versions: dict[str, dict[str, str]],
+    elapsed: float,
+) -> None:
+    def md_row(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    now = dt.datetime.now().astimezone()
+    lines = [
+        "# Queue benchmark",
+        "",
+        f"- date: {now:%Y-%m-%d %H:%M %Z}",
+        f"- machine: nproc {machine['nproc']}, {machine['cpu']}, {machine['os']}",
+        f"- python {machine['python']}, redis-server {machine['redis']} "
+        "(private, no persistence, 127.0.0.1)",
+        f"- command: `{command_line()}` ({elapsed / 60:.1f} min)",
+        "- versions: "
+        + "; ".join(
+            f"{lib}: " + ", ".join(f"{k} {v}" for k, v in vers.items())
+            for lib, vers in versions.items()
+        ),
+        "",
+        f"{sizes.jobs:,} no-op jobs; each number is the median of {args.runs} run(s).",
+        "",
+        md_row(header),
+        md_row(["---"] + ["---:", "---"] + ["---:"] * 4),
+        *(md_row(cells) for cells in body),
+        "",
+    ]
+    if late_line:
+        lines += [late_line, ""]
+    lines += [
+        "## How",
+        "",
+        "- One private redis-server for everything, FLUSHALL before every run; each library "
+        "runs in its own venv (bench/.venvs/<lib>) as a subprocess (bench/peers/<lib>_runner.py); "
+        "runs are interleaved (run 1 of every library, then run 2, ...).",
+        f"- enqueue/s: {sizes.jobs:,} jobs carrying one small integer, with the library's bulk "
+        "call where it has one (1,000 jobs a call), else its enqueue call from 50 concurrent "
+        "asyncio tasks.",
+        f"- e2e/s: the jobs are enqueued first; then one worker process is started and timed "
+        f"from its start until its handler has been entered {sizes.jobs:,} times (counted in "
+        "the handler); the worker is stopped after the library reports them all completed.",
+        f"- upserts/s: {sizes.schedulers:,} distinct scheduler ids, every {sizes.every:g} s "
+        "(watcher: bulk `upsert_schedulers`; bullmq has no bulk call: `upsertJobScheduler` "
+        "from 50 concurrent tasks). bytes/scheduler: INFO `used_memory` after minus before, "
+        f"divided by {sizes.schedulers:,}, after one warm-up upsert, no worker running "
+        "(bullmq's figure includes the delayed job it keeps for each scheduler's next run).",
+    ]
+    if late is not None:
+        lines.append(
+            "- lateness: handler start (wall clock) minus the run's planned fire time, for the "
+            "runs planned after the worker started and before the end of the window; the "
+            "worker keeps going until those have all started."
+        )
+    details = []
+    for row in rows:
+        if row.e2e:
+            details.append(
+                f"- {row.label}: enqueue/s {spread(row.enqueue)}; e2e/s {spread(row.e2e)}"
+            )
+    for lib, result in sched.items():
+        if result.upsert:
+            text = (
+                f"- {lib} schedulers: upserts/s {spread(result.upsert)} ({result.method}); "
+                f"bytes/scheduler {spread(result.bytes_per)}"
+            )
+            if result.single:
+                text += f"; {result.single_method}: {spread(result.single)}/s"
+            details.append(text)
+    if late is not None and late.p50:
+        details.append(
+            "- watcher lateness per run (p50/p99/max ms): "
+            + ", ".join(
+                f"{a:.1f}/{b:.1f}/{c:.1f}"
+                for a, b, c in zip(late.p50, late.p99, late.worst, strict=True)
+            )
+        )
+    if details:
+        lines += ["", "## Every run (median, min-max)", "", *details]
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
