@@ -35,7 +35,11 @@ def make_ctx(client: httpx.AsyncClient) -> MakeCtx:
     def make(state: dict[str, Any] | None = None, **resource: Any) -> CheckContext:
         resource.setdefault("url", URL)
         return CheckContext(
-            Resource(id="r1", **resource), dict(state or {}), client, logging.getLogger("test"), upsert
+            Resource(id="r1", **resource),
+            dict(state or {}),
+            client,
+            logging.getLogger("test"),
+            upsert,
         )
 
     return make
@@ -135,7 +139,11 @@ async def test_json_path_to_an_object_is_stable_json(
 
 @pytest.mark.parametrize(
     ("path", "missing"),
-    [("data.nope", "data.nope"), ("data.items.5", "data.items.5"), ("data.items.x", "data.items.x")],
+    [
+        ("data.nope", "data.nope"),
+        ("data.items.5", "data.items.5"),
+        ("data.items.x", "data.items.x"),
+    ],
 )
 async def test_json_path_that_leads_nowhere_fails(
     httpx_mock: HTTPXMock, make_ctx: MakeCtx, path: str, missing: str
@@ -145,9 +153,7 @@ async def test_json_path_that_leads_nowhere_fails(
         await content.check(make_ctx(options={"json_path": path}))
 
 
-async def test_json_path_on_a_non_json_body_fails(
-    httpx_mock: HTTPXMock, make_ctx: MakeCtx
-) -> None:
+async def test_json_path_on_a_non_json_body_fails(httpx_mock: HTTPXMock, make_ctx: MakeCtx) -> None:
     httpx_mock.add_response(text="<html>")
     with pytest.raises(CheckFailed, match="not JSON"):
         await content.check(make_ctx(options={"json_path": "a"}))
@@ -157,9 +163,7 @@ def test_resolve_supports_negative_indexes() -> None:
     assert content.resolve({"a": [1, 2, 3]}, "a.-1") == 3
 
 
-async def test_regex_and_json_path_together_fail(
-    httpx_mock: HTTPXMock, make_ctx: MakeCtx
-) -> None:
+async def test_regex_and_json_path_together_fail(httpx_mock: HTTPXMock, make_ctx: MakeCtx) -> None:
     httpx_mock.add_response(text="x")
     with pytest.raises(CheckFailed, match="cannot be used together"):
         await content.check(make_ctx(options={"regex": "x", "json_path": "a"}))

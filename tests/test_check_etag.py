@@ -337,7 +337,13 @@ async def test_429_with_retry_after_http_date(httpx_mock: HTTPXMock, make_ctx: M
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, None), ("0", 0.0), (" 7 ", 7.0), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+    [
+        (None, None),
+        ("0", 0.0),
+        (" 7 ", 7.0),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value) == expected

@@ -35,7 +35,11 @@ def make_ctx(client: httpx.AsyncClient) -> MakeCtx:
     def make(state: dict[str, Any] | None = None, **resource: Any) -> CheckContext:
         resource.setdefault("url", URL)
         return CheckContext(
-            Resource(id="r1", **resource), dict(state or {}), client, logging.getLogger("test"), upsert
+            Resource(id="r1", **resource),
+            dict(state or {}),
+            client,
+            logging.getLogger("test"),
+            upsert,
         )
 
     return make

@@ -53,7 +53,11 @@ def test_builtin_checks_are_registered() -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("etag", checks.etag.check), ("status", checks.status.check), ("content", checks.content.check)],
+    [
+        ("etag", checks.etag.check),
+        ("status", checks.status.check),
+        ("content", checks.content.check),
+    ],
 )
 def test_load_by_entry_point(name: str, expected: object) -> None:
     assert load_check(name) is expected
@@ -94,7 +98,7 @@ def test_module_that_fails_to_import(write_module: WriteModule) -> None:
 
 
 def test_missing_attribute() -> None:
-    with pytest.raises(PluginError, match="'checks.etag' has no attribute 'nope'"):
+    with pytest.raises(PluginError, match=r"'checks\.etag' has no attribute 'nope'"):
         load_check("checks.etag:nope")
 
 
@@ -105,7 +109,7 @@ def test_not_callable() -> None:
 
 @pytest.mark.parametrize("path", [":check", "checks.etag:", ":"])
 def test_malformed_dotted_path(path: str) -> None:
-    with pytest.raises(PluginError, match="package.module:name"):
+    with pytest.raises(PluginError, match=r"package\.module:name"):
         load_check(path)
 
 
