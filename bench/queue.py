@@ -42,6 +42,7 @@ from typing import Any
 
 import redis
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from watcher.redis_server import RedisServer
@@ -63,7 +64,8 @@ REQUIREMENTS: dict[str, list[str] | None] = {
 }
 SCHEDULER_LIBS = ("watcher", "bullmq")
 
-console = Console(highlight=False)
+# wide enough for the table when the output is a file or a pipe
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 @dataclass
@@ -134,7 +136,7 @@ def python_for(lib: str) -> Path:
     wanted = "\n".join(reqs)
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    console.print(f"[bold]{lib}[/]: creating {venv.relative_to(REPO)} and installing {reqs}")
+    console.print(f"[bold]{lib}[/]: creating {venv} and installing {escape(' '.join(reqs))}")
     steps = [
         [sys.executable, "-m", "venv", "--clear", str(venv)],
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *reqs],
@@ -145,7 +147,9 @@ def python_for(lib: str) -> Path:
         except subprocess.TimeoutExpired:
             raise BenchError(f"`{shlex.join(cmd[:4])} ...` timed out") from None
         if proc.returncode != 0:
-            raise BenchError(f"install failed: {last_line(proc.stderr) or proc.returncode}")
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+            reason = errors[0] if errors else last_line(proc.stderr) or proc.returncode
+            raise BenchError(f"install failed: {reason}")
     stamp.write_text(wanted)
     return python
 
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[bold]{lib}[/]: {shown}")
         except BenchError as exc:
             setup_errors[lib] = str(exc)
-            console.print(f"[bold red]{lib}[/]: {failed(str(exc))}")
+            console.print(f"[bold red]{lib}[/]: {escape(failed(str(exc)))}")
     for row in rows:
         row.error = setup_errors.get(row.lib)
     for lib, result in sched.items():
@@ -333,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 except BenchError as exc:
                     row.error = str(exc)
-                    console.print(f" [red]{failed(row.error)}[/]")
+                    console.print(f" [red]{escape(failed(row.error))}[/]")
                     continue
                 row.enqueue.append(res["enqueue_rate"])
                 row.e2e.append(res["e2e_rate"])
@@ -357,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 except BenchError as exc:
                     result.error = str(exc)
-                    console.print(f" [red]{failed(result.error)}[/]")
+                    console.print(f" [red]{escape(failed(result.error))}[/]")
                     continue
                 result.upsert.append(res["upsert_rate"])
                 result.bytes_per.append(res["bytes_per_scheduler"])
@@ -390,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 except BenchError as exc:
                     late.error = str(exc)
-                    console.print(f" [red]{failed(late.error)}[/]")
+                    console.print(f" [red]{escape(failed(late.error))}[/]")
                 else:
                     late.p50.append(res["p50_ms"])
                     late.p99.append(res["p99_ms"])
@@ -399,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                     late.expected = res["expected_runs"]
                     console.print(
                         f" p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
-                        f"max {res['max_ms']:.1f} ms ({res['runs']:,} runs)"
+                        f"max {res['max_ms']:.1f} ms ({res['runs']:,} fires)"
                     )
         admin.flushall()
         admin.close()
@@ -470,8 +474,8 @@ def lateness_line(late: LateResult | None, sizes: Sizes) -> str:
         return f"{what}: {failed(late.error or 'no result')}"
     return (
         f"{what}: p50 {median(late.p50):.1f} ms, p99 {median(late.p99):.1f} ms, "
-        f"max {max(late.worst):.1f} ms ({round(median(late.runs) or 0):,} of "
-        f"~{late.expected:,} runs per {len(late.p50)} run(s))"
+        f"max {max(late.worst):.1f} ms ({round(median(late.runs) or 0):,} fires handled, "
+        f"~{late.expected:,} planned in the window)"
     )
 
 
@@ -483,10 +487,10 @@ def show(header: list[str], body: list[list[str]], late_line: str, sizes: Sizes,
     for i, name in enumerate(header):
         table.add_column(name, justify="right" if i not in (0, 2) else "left")
     for cells in body:
-        table.add_row(*cells)
+        table.add_row(*(escape(cell) for cell in cells))
     console.print(table)
     if late_line:
-        console.print(late_line)
+        console.print(escape(late_line))
 
 
 def write_markdown(

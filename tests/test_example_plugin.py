@@ -75,10 +75,6 @@ def context(check_client: httpx.AsyncClient, state: dict[str, Any], **options: A
     return CheckContext(resource, dict(state), check_client, logging.getLogger("test"), upsert)
 
 
-def test_not_found_before_install() -> None:
-    assert "word-count" not in available_checks()
-
-
 def test_found_through_its_entry_point(installed: Path) -> None:
     assert "word-count" in available_checks()
     check = load_check("word-count")

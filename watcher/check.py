@@ -47,7 +47,7 @@ class SchedulerUpsert(Protocol):
 class CheckContext:
     resource: Resource
     state: dict[str, Any]
-    """What the previous successful run returned (validators and the like); empty on the first run."""
+    """What the previous successful run stored (validators and the like); empty at first."""
     client: httpx.AsyncClient
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
     upsert: SchedulerUpsert

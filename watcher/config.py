@@ -84,15 +84,20 @@ class ConfigIssue:
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; ``errors`` lists every problem found, in file order."""
+    """The configuration is invalid; ``errors`` lists every problem found, in file order.
 
-    def __init__(self, errors: Iterable[ConfigIssue], source: str = "") -> None:
+    A plain message is accepted too: ``ConfigError("no resources", source="watcher.yaml")``.
+    """
+
+    def __init__(self, errors: Iterable[ConfigIssue] | str, source: str = "") -> None:
+        if isinstance(errors, str):
+            errors = [ConfigIssue(source, None, None, "", errors)]
         unique = dict.fromkeys(errors)
         self.errors: list[ConfigIssue] = sorted(
             unique, key=lambda issue: (issue.line or 0, issue.column or 0)
         )
         self.source = source
-        super().__init__(self._render())
+        super().__init__(self.errors, source)  # so that the error pickles
 
     def _render(self) -> str:
         lines = [str(issue) for issue in self.errors[:MAX_SHOWN_ISSUES]]
@@ -282,9 +287,16 @@ def _header_name(value: str) -> str:
 def _header_value(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # `Accept-Version: 2` is meant as text
-    if isinstance(value, str) and any(char in value for char in "\r\n\0"):
-        raise ValueError("a header value cannot contain line breaks")
+    if isinstance(value, str):
+        if any(char in value for char in "\r\n\0"):
+            raise ValueError("a header value cannot contain line breaks")
+        return value.strip()  # `Bearer ${TOKEN:-}` must not end in a space
     return value
+
+
+def _without_empty(headers: dict[str, str]) -> dict[str, str]:
+    """An empty value means "do not send": `X-Token: ${TOKEN:-}` is optional."""
+    return {name: value for name, value in headers.items() if value}
 
 
 def _string_list(value: Any) -> Any:
@@ -346,7 +358,10 @@ TimeZone = Annotated[str, AfterValidator(_time_zone)]
 PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
 NonNegativeDuration = Annotated[float, BeforeValidator(_non_negative_duration)]
 HeaderName = Annotated[str, AfterValidator(_header_name)]
-Headers = dict[HeaderName, Annotated[str, BeforeValidator(_header_value)]]
+Headers = Annotated[
+    dict[HeaderName, Annotated[str, BeforeValidator(_header_value)]],
+    AfterValidator(_without_empty),
+]
 NameList = Annotated[list[str], BeforeValidator(_string_list)]
 HeaderNameList = Annotated[list[HeaderName], BeforeValidator(_string_list)]
 CommandLine = Annotated[list[str], BeforeValidator(_command_line)]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -208,7 +208,9 @@ class Queue:
         """Create or update one scheduler; returns 'created', 'updated' or 'unchanged'."""
         return (await self.upsert_schedulers([SchedulerSpec(id=id, name=name, **fields)]))[0]
 
-    async def upsert_schedulers(self, specs: Iterable[SchedulerSpec]) -> list[str]:
+    async def upsert_schedulers(
+        self, specs: Iterable[SchedulerSpec], progress: Callable[[int], None] | None = None
+    ) -> list[str]:
         """Create or update many schedulers: all are validated before anything is written."""
         prepared = [self._prepare(spec) for spec in specs]
         now = await self.now_ms()
@@ -236,6 +238,8 @@ class Queue:
                 ]
             args[0] = (len(args) - 1) // 13
             results += await self.run_script("upsert", "schedulers", args)
+            if progress:
+                progress(args[0])
         return results
 
     def _prepare(self, spec: SchedulerSpec) -> tuple[SchedulerSpec, Schedule, str, str]:
@@ -323,6 +327,23 @@ class Queue:
         prefix = self.key("scheduler:")
         ids = [key[len(prefix) :] async for key in self.redis.scan_iter(f"{prefix}*", count=1000)]
         return sorted(ids)
+
+    async def scheduler_fields(
+        self, fields: Sequence[str], ids: Sequence[str] | None = None
+    ) -> dict[str, list[str | None]]:
+        """Selected hash fields of many schedulers (pipelined), keyed by id."""
+        ids = await self.scheduler_ids() if ids is None else list(ids)
+        found: dict[str, list[str | None]] = {}
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start : start + 2000]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for id in chunk:
+                    pipe.hmget(self.key(f"scheduler:{id}"), list(fields))
+                replies = await pipe.execute()
+            for id, values in zip(chunk, replies, strict=True):
+                if values[0] is not None:
+                    found[id] = values
+        return found
 
     async def list_schedulers(self, ids: Sequence[str] | None = None) -> list[SchedulerInfo]:
         ids = await self.scheduler_ids() if ids is None else list(ids)

@@ -125,6 +125,7 @@ class Worker:
         finished_cap: int = 1000,
         tick: bool = True,
         worker_id: str | None = None,
+        metrics: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -138,6 +139,7 @@ class Worker:
         self.keep_ms = round(keep_finished * 1000)
         self.finished_cap = finished_cap
         self.tick_enabled = tick
+        self.metrics = metrics
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.processed = 0
         self.failed = 0
@@ -167,13 +169,12 @@ class Worker:
         if self.tick_enabled:
             loops.append(self._tick_loop())
         tasks = [asyncio.create_task(coro) for coro in loops]
-        fetch, finisher, *others = tasks
+        fetch = tasks[0]
         try:
             await self._stop.wait()
             await fetch
             await self._drain()
             self._finish_wanted.set()
-            self._closing = True
             await asyncio.wait_for(self._flush_all(), timeout=max(self.grace, 1.0))
         finally:
             for task in tasks:
@@ -353,10 +354,7 @@ class Worker:
         state: Mapping[str, Any] | None = None,
         report: Mapping[str, Any] | None = None,
     ) -> None:
-        if kind == "ok":
-            text = "" if payload is None else _safe_json(payload)
-        else:
-            text = str(payload)
+        text = str(payload) if kind != "ok" else "" if payload is None else _safe_json(payload)
         self._finished.append(
             _Finished(
                 job,
@@ -392,7 +390,7 @@ class Worker:
                 self._finished = batch + self._finished
                 failures += 1
                 await self._redis_failed(exc, failures)
-                if self._stop.is_set() and getattr(self, "_closing", False) and failures > 20:
+                if self._stop.is_set() and failures > 20:
                     log.error("giving up finishing %d job(s): Redis unreachable", len(batch))
                     return
                 continue
@@ -487,6 +485,8 @@ class Worker:
             "processed": self.processed,
             "failed": self.failed,
             "seen": now,
+            "lease_ms": self.lease_ms,
+            **(self.metrics() if self.metrics else {}),
         }
         key = self.queue.key(f"worker:{self.id}")
         async with self.queue.redis.pipeline(transaction=True) as pipe:

@@ -1,0 +1,239 @@
+"""The check runner: the worker's handler that runs checks, records changes, notifies,
+and writes the new state back (fenced) only after the change was recorded and handed to
+the notifiers, so a run that dies half-way leaves the old validators and the change is
+detected again rather than lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from watcher.change import Change
+from watcher.check import (
+    Check,
+    CheckContext,
+    CheckFailed,
+    CheckResult,
+    Resource,
+    TransientCheckError,
+    validators,
+)
+from watcher.masking import MASK, is_secret
+from watcher.notifiers import Notifier, notify_all
+from watcher.queue import Queue
+from watcher.registry import PluginError, load_check
+from watcher.worker import Fail, Handler, Job, Outcome, Retry
+
+log = logging.getLogger("watcher.runs")
+
+
+class RunStats:
+    """Runs in the last minute, in one-second buckets, for the worker's heartbeat."""
+
+    def __init__(self, window: int = 60) -> None:
+        self.window = window
+        self._buckets: deque[list[int]] = deque()  # [second, runs, not_modified, changes, failed]
+
+    def add(
+        self, *, not_modified: bool = False, changed: bool = False, failed: bool = False
+    ) -> None:
+        second = int(time.time())
+        if not self._buckets or self._buckets[-1][0] != second:
+            self._buckets.append([second, 0, 0, 0, 0])
+        bucket = self._buckets[-1]
+        bucket[1] += 1
+        bucket[2] += not_modified
+        bucket[3] += changed
+        bucket[4] += failed
+
+    def snapshot(self) -> dict[str, int]:
+        horizon = int(time.time()) - self.window
+        while self._buckets and self._buckets[0][0] <= horizon:
+            self._buckets.popleft()
+        totals = [sum(b[i] for b in self._buckets) for i in range(1, 5)]
+        return dict(
+            zip(("runs_1m", "not_modified_1m", "changes_1m", "failed_1m"), totals, strict=True)
+        )
+
+
+def redact(text: str | None, resource: Resource) -> str | None:
+    """Replace the values of secret headers wherever a check echoed them."""
+    if not text:
+        return text
+    for name, value in resource.headers.items():
+        if len(value) >= 4 and is_secret(name, resource.secret_headers):
+            text = text.replace(value, MASK)
+    return text
+
+
+def resource_from(data: Mapping[str, Any]) -> Resource:
+    return Resource(
+        id=data["id"],
+        url=data["url"],
+        method=data.get("method", "GET"),
+        headers=dict(data.get("headers") or {}),
+        timeout=float(data.get("timeout", 10.0)),
+        options=dict(data.get("options") or {}),
+        secret_headers=frozenset(data.get("secret_headers") or ()),
+    )
+
+
+class CheckRunner:
+    """Resolves a check name to a handler; one instance per worker process."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        client: httpx.AsyncClient,
+        notifiers: Mapping[str, Notifier] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.client = client
+        self.notifiers = dict(notifiers or {})
+        self.stats = RunStats()
+        self._checks: dict[str, Check | PluginError] = {}
+        self._notifying: set[asyncio.Task[Any]] = set()
+
+    def handler(self, name: str) -> Handler | None:
+        """The worker's handler lookup: every check name runs through `run`."""
+        return self.run
+
+    def _check(self, name: str, resource: str) -> Check:
+        found = self._checks.get(name)
+        if found is None:
+            try:
+                found = load_check(name, resource=resource)
+            except PluginError as exc:
+                found = exc
+            self._checks[name] = found
+        if isinstance(found, PluginError):
+            raise Fail(str(found), report=_report("failed", str(found)))
+        return found
+
+    async def run(self, job: Job) -> Outcome:
+        resource = resource_from(job.data)
+        check = self._check(job.name, resource.id)
+        ctx = CheckContext(
+            resource=resource,
+            state=dict(job.state),
+            client=self.client,
+            log=logging.LoggerAdapter(log, {"resource": resource.id}),
+            upsert=lambda *, state=None, every=None: job.upsert_scheduler(state=state, every=every),
+        )
+        started = time.monotonic()
+        try:
+            result = await check(ctx)
+        except TransientCheckError as exc:
+            self.stats.add(failed=True)
+            reason = redact(exc.reason, resource) or ""
+            raise Retry(
+                reason,
+                delay=exc.retry_after,
+                report=_report("retrying", reason, exc.status_code, started),
+            ) from None
+        except CheckFailed as exc:
+            self.stats.add(failed=True)
+            reason = redact(exc.reason, resource) or ""
+            raise Fail(reason, report=_report("failed", reason, exc.status_code, started)) from None
+        except httpx.TransportError as exc:  # a plugin that let a network error through
+            self.stats.add(failed=True)
+            reason = f"{type(exc).__name__}: {exc}"
+            raise Retry(reason, report=_report("retrying", reason, None, started)) from None
+        except Exception as exc:
+            self.stats.add(failed=True)
+            reason = f"check crashed: {type(exc).__name__}: {redact(str(exc), resource)}"
+            log.exception("resource %s: %s", resource.id, reason)
+            raise Fail(reason, report=_report("failed", reason, None, started)) from None
+        return await self._complete(job, resource, result, started)
+
+    async def _complete(
+        self, job: Job, resource: Resource, result: CheckResult, started: float
+    ) -> Outcome:
+        changed = result.changed and not result.baseline
+        self.stats.add(not_modified=result.not_modified, changed=changed)
+        summary = redact(result.summary, resource) or ""
+        if changed and job.scheduler_id and job.fence:
+            change = Change(
+                resource=resource.id,
+                check=job.name,
+                url=resource.url,
+                time=time.time(),
+                old=validators(job.state),
+                new=validators(result.state),
+                status_code=result.status_code,
+                summary=summary,
+                details=redact(result.details, resource),
+            )
+            entry = await self.queue.record_change(job.scheduler_id, job.fence, change)
+            if entry is not None:
+                self._notify(job, Change(**{**change.to_dict(), "id": entry}))
+        if result.every is not None:
+            await job.upsert_scheduler(every=result.every)
+        outcome = "baseline" if result.baseline else "changed" if changed else "unchanged"
+        return Outcome(
+            result={"outcome": outcome, "summary": summary},
+            state=result.state,
+            report=_report(outcome, summary, result.status_code, started, result.not_modified),
+        )
+
+    def _notify(self, job: Job, change: Change) -> None:
+        names = job.data.get("notify") or ["console"]
+        chosen = [self.notifiers[n] for n in names if n in self.notifiers]
+        task = asyncio.create_task(notify_all(chosen, change, log=log))
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) for notifications still being sent."""
+        if self._notifying:
+            await asyncio.wait(set(self._notifying), timeout=timeout)
+
+
+def _report(
+    outcome: str,
+    summary: str,
+    status_code: int | None = None,
+    started: float | None = None,
+    not_modified: bool = False,
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"outcome": outcome, "summary": summary, "at": time.time()}
+    if status_code is not None:
+        report["status_code"] = status_code
+    if not_modified:
+        report["not_modified"] = True
+    if started is not None:
+        report["ms"] = round((time.monotonic() - started) * 1000, 1)
+    return report
+
+
+async def serve(
+    queue: Queue,
+    *,
+    notifiers: Mapping[str, Mapping[str, Any]] | None = None,
+    concurrency: int = 50,
+    transport: str = "aiohttp",
+    install_signal_handlers: bool = False,
+    worker: dict[str, Any] | None = None,
+) -> None:
+    """Run check workers on `queue` until stopped (SIGTERM/SIGINT when asked)."""
+    from watcher.http import make_client
+    from watcher.notifiers import build_notifiers
+    from watcher.worker import Worker
+
+    async with make_client(transport=transport, max_connections=concurrency) as client:
+        runner = CheckRunner(queue, client, build_notifiers(notifiers or {}, client))
+        running = Worker(
+            queue,
+            runner.handler,
+            concurrency=concurrency,
+            metrics=runner.stats.snapshot,
+            **(worker or {}),
+        )
+        await running.run(install_signal_handlers=install_signal_handlers)
+        await runner.drain()

@@ -1,0 +1,125 @@
+"""Sync: reconcile the YAML's resources into schedulers.
+
+Creates what is new, updates what changed (the phase and the stored validators are kept
+unless the URL, method or check changed: then the scope changes and the state resets),
+removes what this config declared before and no longer does, and leaves schedulers that
+others created alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from watcher.config import Config, ResourceConfig
+from watcher.queue import Queue, SchedulerSpec, dump_json
+from watcher.schedule import Schedule
+
+FIELDS = ("name", "data", "spec", "scope", "owner", "overlap")
+
+
+@dataclass
+class Step:
+    id: str
+    action: str  # create | update | remove | conflict
+    fields: list[str] = field(default_factory=list)
+    spec: SchedulerSpec | None = None
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    unchanged: int
+
+    def of(self, action: str) -> list[Step]:
+        return [s for s in self.steps if s.action == action]
+
+    @property
+    def empty(self) -> bool:
+        return not any(s.action in ("create", "update", "remove") for s in self.steps)
+
+
+def owner_of(config: Config) -> str:
+    """Who declared a scheduler: this config file, by absolute path."""
+    return "yaml:" + os.path.abspath(config.source)
+
+
+def spec_for(resource: ResourceConfig, owner: str) -> SchedulerSpec:
+    return SchedulerSpec(
+        id=resource.id,
+        name=resource.check,
+        data=resource.template(),
+        every=resource.every if resource.cron is None else None,
+        cron=resource.cron,
+        tz=resource.tz,
+        jitter=resource.jitter,
+        overlap=resource.overlap,
+        owner=owner,
+        scope=resource.identity(),
+    )
+
+
+def _schedule_text(spec: SchedulerSpec) -> str:
+    return Schedule.build(every=spec.every, cron=spec.cron, tz=spec.tz, jitter=spec.jitter).encode()
+
+
+def _changed_fields(spec: SchedulerSpec, current: list[str | None]) -> list[str]:
+    name, data, schedule, scope, owner, overlap = current
+    changed = []
+    if name != spec.name:
+        changed.append("check")
+    if data != dump_json("data", dict(spec.data)):
+        old: dict[str, Any] = json.loads(data or "{}")
+        changed += sorted(
+            key for key in set(old) | set(spec.data) if old.get(key) != spec.data.get(key)
+        )
+    if schedule != _schedule_text(spec):
+        changed.append("schedule")
+    if overlap != str(int(spec.overlap)):
+        changed.append("overlap")
+    if owner != spec.owner:
+        changed.append("owner")
+    if scope != spec.scope and "url" not in changed and "method" not in changed:
+        changed.append("scope")
+    return sorted(set(changed) - {"check"}) + (["check"] if "check" in changed else [])
+
+
+async def plan_sync(queue: Queue, config: Config) -> Plan:
+    owner = owner_of(config)
+    declared = {r.id: spec_for(r, owner) for r in config.resources if r.enabled}
+    existing = await queue.scheduler_fields(FIELDS)
+    steps: list[Step] = []
+    unchanged = 0
+    for id, spec in declared.items():
+        current = existing.get(id)
+        if current is None:
+            steps.append(Step(id, "create", spec=spec))
+            continue
+        if current[4] and current[4] != owner:
+            steps.append(Step(id, "conflict", spec=spec, note=f"declared by {current[4]}"))
+            continue
+        changed = _changed_fields(spec, current)
+        if changed:
+            steps.append(Step(id, "update", changed, spec))
+        else:
+            unchanged += 1
+    for id, current in existing.items():
+        if current[4] == owner and id not in declared:
+            steps.append(Step(id, "remove"))
+    return Plan(steps, unchanged)
+
+
+async def apply_plan(
+    queue: Queue, plan: Plan, progress: Callable[[int], None] | None = None, chunk: int = 2000
+) -> None:
+    upserts = [s.spec for s in plan.steps if s.action in ("create", "update") and s.spec]
+    await queue.upsert_schedulers(upserts, progress)
+    removals = [s.id for s in plan.of("remove")]
+    for start in range(0, len(removals), chunk):
+        await queue.remove_schedulers(removals[start : start + chunk])
+        if progress:
+            progress(len(removals[start : start + chunk]))
