@@ -583,3 +583,10 @@ def test_config_error_from_a_message_and_pickling() -> None:
     copy = pickle.loads(pickle.dumps(caught.value))
     assert str(copy) == str(caught.value)
     assert copy.errors == caught.value.errors
+
+
+def test_a_number_where_text_is_expected_gets_a_hint() -> None:
+    message = only_error("resources:\n  - {id: 123, url: 'https://a.example/'}\n")
+    assert message == (
+        "watcher.yaml:2:10: resources[0].id: expected text (got 123); quote it to make it text"
+    )

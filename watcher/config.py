@@ -881,7 +881,10 @@ class _Validator:
             message = _EXPECTED.get(kind) or error["msg"].replace("Input should be", "expected")
         if "headers" in path:  # the value may be a secret
             return message
-        return f"{message} (got {_show(error.get('input'))})"
+        message = f"{message} (got {_show(error.get('input'))})"
+        if kind == "string_type" and isinstance(error.get("input"), int | float):
+            message += "; quote it to make it text"
+        return message
 
     def _known_keys(self, parent: Path) -> tuple[str, ...]:
         if parent == ():

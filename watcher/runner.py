@@ -132,6 +132,7 @@ class CheckRunner:
         except TransientCheckError as exc:
             self.stats.add(failed=True)
             reason = redact(exc.reason, resource) or ""
+            log.warning("%s attempt %d failed, will retry: %s", resource.id, job.attempt, reason)
             raise Retry(
                 reason,
                 delay=exc.retry_after,
@@ -140,6 +141,7 @@ class CheckRunner:
         except CheckFailed as exc:
             self.stats.add(failed=True)
             reason = redact(exc.reason, resource) or ""
+            log.warning("%s failed: %s", resource.id, reason)
             raise Fail(reason, report=_report("failed", reason, exc.status_code, started)) from None
         except httpx.TransportError as exc:  # a plugin that let a network error through
             self.stats.add(failed=True)
@@ -176,6 +178,14 @@ class CheckRunner:
         if result.every is not None:
             await job.upsert_scheduler(every=result.every)
         outcome = "baseline" if result.baseline else "changed" if changed else "unchanged"
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s: %s (%.0f ms)",
+                resource.id,
+                outcome,
+                summary,
+                (time.monotonic() - started) * 1000,
+            )
         return Outcome(
             result={"outcome": outcome, "summary": summary},
             state=result.state,

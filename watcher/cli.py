@@ -1,0 +1,447 @@
+"""The `watcher` command: sync, run, worker, status, history, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from watcher import __version__
+from watcher.config import Config, ConfigError, load_config
+from watcher.queue import Queue
+from watcher.redis_server import RedisServer, RedisServerError
+from watcher.registry import PluginError, load_check
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EMBEDDED_DIR = Path(".watcher")
+log = logging.getLogger("watcher")
+console = Console()
+errors = Console(stderr=True)
+
+
+class CommandError(Exception):
+    """A runtime failure with a message for the user (exit 1)."""
+
+
+# -- configuration and Redis --------------------------------------------------------------
+
+
+def read_config(path: str) -> Config:
+    """Load and validate the YAML, including that every check can be loaded."""
+    config = load_config(path)
+    problems = []
+    for index, resource in enumerate(config.resources):
+        try:
+            load_check(resource.check, resource=resource.id)
+        except PluginError as exc:
+            problems += config.error(("resources", index, "check"), str(exc)).errors
+    if problems:
+        raise ConfigError(problems, config.source)
+    return config
+
+
+def configured_redis(args: argparse.Namespace, config: Config | None) -> str | None:
+    return args.redis or os.environ.get("WATCHER_REDIS_URL") or (config.redis if config else None)
+
+
+@contextlib.asynccontextmanager
+async def open_queue(
+    args: argparse.Namespace, config: Config | None, *, announce: bool = False
+) -> AsyncIterator[Queue]:
+    """The queue on the configured Redis, else on the embedded one (started if needed)."""
+    url = configured_redis(args, config)
+    server = None
+    if url is None:
+        url, server = embedded_redis(announce)
+    queue = Queue.from_url(url, config.queue if config else args.queue)
+    try:
+        await queue.redis.ping()
+    except Exception as exc:
+        await queue.close()
+        if server:
+            server.stop()
+        raise CommandError(f"cannot reach Redis at {_safe_url(url)}: {exc}") from None
+    try:
+        yield queue
+    finally:
+        await queue.close()
+        if server:
+            server.stop()
+            (EMBEDDED_DIR / "redis.url").unlink(missing_ok=True)
+
+
+def embedded_redis(announce: bool) -> tuple[str, RedisServer | None]:
+    """Reuse the embedded Redis another watcher process started here, or start it."""
+    url_file = EMBEDDED_DIR / "redis.url"
+    if url_file.exists():
+        url = url_file.read_text().strip()
+        import redis
+
+        with contextlib.suppress(Exception):
+            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+            if announce:
+                console.print(f"[dim]using the embedded Redis at {url} (data in {EMBEDDED_DIR}/)")
+            return url, None
+    try:
+        server = RedisServer(EMBEDDED_DIR / "redis", persist=True).start()
+    except RedisServerError as exc:
+        raise CommandError(str(exc)) from None
+    url_file.write_text(server.url)
+    if announce:
+        console.print(
+            f"[bold]watcher {__version__}[/] started an embedded Redis at {server.url} "
+            f"(data kept in {EMBEDDED_DIR}/redis; WATCHER_REDIS_URL or `redis:` picks your own)"
+        )
+    return server.url, server
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+# -- sync ---------------------------------------------------------------------------------
+
+
+async def do_sync(queue: Queue, config: Config, *, dry_run: bool, quiet: bool = False) -> int:
+    from watcher.sync import apply_plan, plan_sync
+
+    plan = await plan_sync(queue, config)
+    if not quiet or not plan.empty:
+        print_plan(plan, config, dry_run)
+    if dry_run or plan.empty:
+        return EXIT_OK
+    total = len([s for s in plan.steps if s.action != "conflict"])
+    if total > 2000:
+        with Progress(
+            TextColumn("syncing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("sync", total=total)
+            await apply_plan(queue, plan, lambda n: progress.advance(task, n))
+    else:
+        await apply_plan(queue, plan)
+    return EXIT_OK
+
+
+def print_plan(plan: Any, config: Config, dry_run: bool) -> None:
+    marks = {
+        "create": ("+", "green"),
+        "update": ("~", "yellow"),
+        "remove": ("-", "red"),
+        "conflict": ("!", "magenta"),
+    }
+    shown = plan.steps[:200]
+    if shown:
+        table = Table(show_edge=False, pad_edge=False, box=None)
+        table.add_column("")
+        table.add_column("resource")
+        table.add_column("what")
+        for step in shown:
+            mark, style = marks[step.action]
+            what = ", ".join(step.fields) if step.action == "update" else step.note or step.action
+            table.add_row(Text(mark, style=style), step.id, what)
+        console.print(table)
+        if len(plan.steps) > len(shown):
+            console.print(f"[dim]… and {len(plan.steps) - len(shown)} more")
+    counts = {a: len(plan.of(a)) for a in ("create", "update", "remove", "conflict")}
+    summary = (
+        f"{counts['create']} to create, {counts['update']} to update, "
+        f"{counts['remove']} to remove, {plan.unchanged} unchanged"
+    )
+    if counts["conflict"]:
+        summary += f", {counts['conflict']} declared by another config (left alone)"
+    if plan.empty:
+        console.print(f"[green]{config.source}: nothing to do[/] ({summary})")
+    else:
+        verb = "would apply" if dry_run else "applied"
+        console.print(f"{config.source}: {verb}: {summary}")
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+async def cmd_sync(args: argparse.Namespace) -> int:
+    config = read_config(args.config)
+    async with open_queue(args, config) as queue:
+        return await do_sync(queue, config, dry_run=args.dry_run)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from watcher.runner import serve
+
+    config = read_config(args.config)
+    if args.quiet:
+        logging.getLogger("watcher.runs").setLevel(logging.WARNING)
+    async with open_queue(args, config, announce=True) as queue:
+        await do_sync(queue, config, dry_run=False)
+        console.print(
+            f"watching {len(config.resources)} resource(s) from {config.source} "
+            f"with {args.concurrency} concurrent checks; Ctrl-C stops"
+        )
+        reload = asyncio.create_task(watch_config(args, queue, config))
+        try:
+            await serve(
+                queue,
+                notifiers={k: v.model_dump() for k, v in config.notifiers.items()},
+                concurrency=args.concurrency,
+                transport=args.transport,
+                install_signal_handlers=True,
+            )
+        finally:
+            reload.cancel()
+    console.print("stopped")
+    return EXIT_OK
+
+
+async def watch_config(args: argparse.Namespace, queue: Queue, config: Config) -> None:
+    """Re-sync when the YAML changes; a bad edit is reported and the running config kept."""
+    path = Path(args.config)
+    seen = path.stat().st_mtime_ns
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            continue
+        if mtime == seen:
+            continue
+        seen = mtime
+        try:
+            fresh = read_config(args.config)
+        except ConfigError as exc:
+            log.error(
+                "%s changed but is invalid; keeping the running configuration:\n%s",
+                args.config,
+                exc,
+            )
+            continue
+        log.info("%s changed; syncing", args.config)
+        await do_sync(queue, fresh, dry_run=False, quiet=True)
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from watcher.runner import serve
+
+    config = _optional_config(args.config)
+    if configured_redis(args, config) is None and not (EMBEDDED_DIR / "redis.url").exists():
+        raise CommandError(
+            "no Redis configured: workers on other machines need a shared Redis; "
+            "set WATCHER_REDIS_URL, --redis, or `redis:` in the YAML"
+        )
+    async with open_queue(args, config) as queue:
+        console.print(f"worker on queue {queue.name!r}, {args.concurrency} concurrent checks")
+        await serve(
+            queue,
+            notifiers={k: v.model_dump() for k, v in config.notifiers.items()} if config else {},
+            concurrency=args.concurrency,
+            transport=args.transport,
+            install_signal_handlers=True,
+        )
+    return EXIT_OK
+
+
+def _optional_config(path: str) -> Config | None:
+    if not Path(path).exists():
+        return None
+    return read_config(path)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from watcher.status import collect, live, render
+
+    config = _optional_config(args.config)
+    async with open_queue(args, config) as queue:
+        if args.live:
+            with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+                await live(queue, console, args.interval)
+            return EXIT_OK
+        snapshot = await collect(queue)
+        if args.json:
+            print(json.dumps(snapshot.to_dict(), indent=2, default=str))
+        else:
+            console.print(render(snapshot))
+    return EXIT_OK
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    config = _optional_config(args.config)
+    async with open_queue(args, config) as queue:
+        changes = await queue.changes(args.id, args.limit)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in changes], indent=2))
+        return EXIT_OK
+    if not changes:
+        console.print("no changes recorded" + (f" for {args.id}" if args.id else ""))
+        return EXIT_OK
+    for change in changes:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.time))
+        code = f" ({change.status_code})" if change.status_code else ""
+        console.print(
+            f"[dim]{when}[/] [bold]{change.resource}[/] {change.summary}{code}", highlight=False
+        )
+        if change.details:
+            console.print(Syntax(change.details, "diff", theme="ansi_dark"))
+    return EXIT_OK
+
+
+async def cmd_check(args: argparse.Namespace) -> int:
+    from watcher.oneshot import check_once
+
+    if bool(args.url) == bool(args.id):
+        raise UsageError("give a URL or --id ID (one of them)")
+    if args.id:
+        config = read_config(args.config)
+        found = [r for r in config.resources if r.id == args.id]
+        if not found:
+            raise UsageError(f"no resource {args.id!r} in {config.source}")
+        resource = found[0]
+        return await check_once(console, resource.template(), resource.check, args.transport)
+    template = {
+        "id": "cli",
+        "url": args.url,
+        "method": "GET",
+        "headers": {},
+        "timeout": 10.0,
+        "options": {},
+    }
+    load_check(args.check)
+    return await check_once(console, template, args.check, args.transport)
+
+
+class UsageError(Exception):
+    """Bad usage (exit 2)."""
+
+
+# -- argument parsing ---------------------------------------------------------------------
+
+EXAMPLES = {
+    "run": "examples:\n  watcher run\n  watcher -c prod.yaml run --concurrency 200",
+    "sync": "examples:\n  watcher sync --dry-run\n  WATCHER_REDIS_URL=redis://db:6379 watcher sync",
+    "worker": "examples:\n  WATCHER_REDIS_URL=redis://db:6379 watcher worker --concurrency 100",
+    "status": "examples:\n  watcher status\n  watcher status --live\n  watcher status --json | jq",
+    "history": "examples:\n  watcher history\n  watcher history docs --limit 5 --json",
+    "check": "examples:\n  watcher check https://example.org/\n  watcher check --id docs\n"
+    "  watcher check https://example.org/ --check content",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="watcher",
+        description="Watch HTTP resources for changes with Redis job schedulers.",
+        epilog="Start with `watcher run` beside a watcher.yaml; `watcher COMMAND --help` for more.",
+    )
+    top.add_argument("--version", action="version", version=f"watcher {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", default="watcher.yaml", help="YAML file (default: %(default)s)"
+    )
+    common.add_argument("--redis", help="Redis URL (overrides WATCHER_REDIS_URL and the YAML)")
+    common.add_argument("--queue", default="watcher", help="queue name when there is no YAML")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, help: str, handler: Callable[..., Coroutine[Any, Any, int]]
+    ) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            parents=[common],
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.set_defaults(handler=handler)
+        return cmd
+
+    run = add("run", "sync the YAML, then run workers until stopped (the main job)", cmd_run)
+    worker = add("worker", "run workers only, against a shared Redis (scale out)", cmd_worker)
+    for cmd in (run, worker):
+        cmd.add_argument("--concurrency", type=int, default=50, help="checks at once (default: 50)")
+        cmd.add_argument(
+            "--transport",
+            choices=["aiohttp", "httpx"],
+            default="aiohttp",
+            help="HTTP transport under the httpx API (default: aiohttp)",
+        )
+    run.add_argument("-q", "--quiet", action="store_true", help="log changes and failures only")
+    sync = add("sync", "reconcile the YAML into schedulers and print the plan", cmd_sync)
+    sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    status = add("status", "show every resource: last run, last change, next run", cmd_status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--live", action="store_true", help="refresh in place until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    history = add("history", "show the recorded changes, newest first", cmd_history)
+    history.add_argument("id", nargs="?", help="only this resource")
+    history.add_argument("--limit", type=int, default=20, help="at most N changes (default: 20)")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    check = add("check", "run one check now, in the foreground, without Redis", cmd_check)
+    check.add_argument("url", nargs="?", help="the URL to check")
+    check.add_argument("--id", help="a resource of the YAML instead of a URL")
+    check.add_argument("--check", default="etag", help="check name (default: etag)")
+    check.add_argument(
+        "--transport", choices=["aiohttp", "httpx"], default="aiohttp", help=argparse.SUPPRESS
+    )
+    return top
+
+
+def setup_logging(debug: bool) -> None:
+    handler = RichHandler(console=errors, show_path=debug, rich_tracebacks=debug, markup=False)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(message)s", handlers=[handler]
+    )
+    for noisy in ("httpx", "httpcore", "aiohttp", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        return asyncio.run(args.handler(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except ConfigError as exc:
+        errors.print(Text(str(exc), style="red"))
+        return EXIT_USAGE
+    except UsageError as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    except (CommandError, PluginError) as exc:
+        errors.print(Text(f"error: {exc}", style="red"))
+        return EXIT_FAILURE
+    except Exception as exc:
+        if args.debug:
+            raise
+        errors.print(
+            Text(f"error: {type(exc).__name__}: {exc} (run with --debug for details)", style="red")
+        )
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""`watcher check`: one check, now, in the foreground, without Redis.
+
+It runs the check twice, as a scheduler would: the first run records the baseline, the
+second sends the stored validators, so the output shows whether the server honours them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from watcher.check import CheckContext, CheckFailed, CheckResult
+from watcher.http import make_client
+from watcher.masking import mask_headers
+from watcher.registry import load_check
+from watcher.runner import resource_from
+
+CONDITIONAL = ("if-none-match", "if-modified-since")
+SHOWN_RESPONSE_HEADERS = ("etag", "last-modified", "content-type", "content-length", "location")
+
+
+async def _no_upsert(*, state: Any = None, every: Any = None) -> bool:
+    return False
+
+
+async def check_once(
+    console: Console, template: Mapping[str, Any], check_name: str, transport: str
+) -> int:
+    check = load_check(check_name, resource=str(template["id"]))
+    resource = resource_from(template)
+    exchanges: list[tuple[httpx.Request, httpx.Response]] = []
+
+    async def on_response(response: httpx.Response) -> None:
+        exchanges.append((response.request, response))
+
+    state: dict[str, Any] = {}
+    failed = False
+    async with make_client(transport=transport) as client:
+        client.event_hooks["response"].append(on_response)
+        for label in ("first run", "second run"):
+            exchanges.clear()
+            ctx = CheckContext(
+                resource, dict(state), client, logging.getLogger("watcher.check"), _no_upsert
+            )
+            try:
+                result = await check(ctx)
+            except CheckFailed as exc:
+                _show_exchanges(console, label, exchanges, resource.secret_headers)
+                console.print(f"[bold red]{label}: failed:[/] {exc.reason}")
+                failed = True
+                break
+            _show_exchanges(console, label, exchanges, resource.secret_headers)
+            _show_result(console, label, result)
+            state = result.state
+    return 1 if failed else 0
+
+
+def _show_exchanges(
+    console: Console,
+    label: str,
+    exchanges: list[tuple[httpx.Request, httpx.Response]],
+    secret: frozenset[str],
+) -> None:
+    for request, response in exchanges:
+        sent = {k: v for k, v in request.headers.items() if k.lower() in CONDITIONAL}
+        table = Table(
+            title=f"{label}: {request.method} {request.url}",
+            show_header=False,
+            title_justify="left",
+            box=None,
+        )
+        table.add_row("status", f"{response.status_code} {response.reason_phrase}")
+        table.add_row("conditional headers sent", _pairs(mask_headers(sent, secret)) or "none")
+        received = {
+            k: v for k, v in response.headers.items() if k.lower() in SHOWN_RESPONSE_HEADERS
+        }
+        table.add_row("validators and headers", _pairs(received) or "none")
+        console.print(table)
+
+
+def _show_result(console: Console, label: str, result: CheckResult) -> None:
+    kind = "baseline" if result.baseline else "changed" if result.changed else "unchanged"
+    style = {"baseline": "cyan", "changed": "yellow", "unchanged": "green"}[kind]
+    console.print(f"[{style}]{label}: {kind}[/] - {result.summary}", highlight=False)
+    if result.details:
+        console.print(result.details)
+
+
+def _pairs(headers: Mapping[str, str]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in headers.items())
