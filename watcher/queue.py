@@ -11,7 +11,8 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           that last wrote state), owner, overlap, limit, attempts, count,
                           skipped, fails (in a row), active (the pending run's job id),
                           report (the last run's outcome, JSON), created, updated,
-                          last_run, last_change (ms)
+                          last_run, last_change (ms). Fields at their default value
+                          (empty, 0, attempts 3) are not stored.
   wait             LIST   job ids ready to run
   marker           LIST   wake-up tokens for idle workers (BLPOP), capped at 64
   active           ZSET   job id -> lease deadline (ms)
@@ -21,7 +22,8 @@ cluster slot, so every script runs unchanged on Redis Cluster.
   finished         LIST   the newest finished job ids, capped
   id               STRING job id counter
   stat:completed / stat:failed   STRING counters
-  events           STREAM scheduler and job events (capped ~10,000)
+  events           STREAM removed schedulers, skipped ticks, retries, failures, stalled
+                          jobs (capped ~10,000)
   changes          STREAM the change history (capped, configurable)
   workers          ZSET   worker id -> last heartbeat (ms);  worker:<id> HASH its details
 
@@ -46,7 +48,7 @@ from watcher.schedule import Schedule, ScheduleError
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 KEEP = "~"  # "not given" in script arguments
-UPSERT_CHUNK = 500
+UPSERT_CHUNK = 1000
 
 
 class QueueError(ValueError):
@@ -216,31 +218,36 @@ class Queue:
         now = await self.now_ms()
         results: list[str] = []
         for start in range(0, len(prepared), UPSERT_CHUNK):
-            args: list[Any] = [0]
+            rows = []
             for spec, schedule, data, state in prepared[start : start + UPSERT_CHUNK]:
                 slot = schedule.next_slot(spec.id, now)
                 if slot is None:
                     raise QueueError(f"scheduler {spec.id!r}: its schedule has already ended")
-                args += [
-                    spec.id,
-                    spec.name,
-                    data,
-                    schedule.encode(),
-                    schedule.fire_time(slot),
-                    slot,
-                    KEEP if spec.scope is None else spec.scope,
-                    spec.owner,
-                    int(spec.overlap),
-                    spec.limit,
-                    spec.attempts,
-                    "",
-                    state,
-                ]
-            args[0] = (len(args) - 1) // 13
-            results += await self.run_script("upsert", "schedulers", args)
+                scope = KEEP if spec.scope is None else spec.scope
+                rows.append(
+                    [
+                        spec.id,
+                        spec.name,
+                        data,
+                        schedule.encode(),
+                        str(schedule.fire_time(slot)),
+                        str(slot),
+                        scope,
+                        spec.owner,
+                        str(int(spec.overlap)),
+                        str(spec.limit),
+                        str(spec.attempts),
+                        "",
+                        state,
+                    ]
+                )
+            results += await self._upsert_rows(rows)
             if progress:
-                progress(args[0])
+                progress(len(rows))
         return results
+
+    async def _upsert_rows(self, rows: list[list[str]]) -> list[str]:
+        return list(await self.run_script("upsert", "schedulers", [json.dumps(rows)]))
 
     def _prepare(self, spec: SchedulerSpec) -> tuple[SchedulerSpec, Schedule, str, str]:
         check_id("scheduler id", spec.id)
@@ -286,14 +293,13 @@ class Queue:
                 raise QueueError(f"scheduler {id!r}: {exc}") from None
             slot = schedule.next_slot(id, await self.now_ms())
             spec_text, nxt = schedule.encode(), schedule.fire_time(slot or 0)
-        args = [
-            1,
+        row = [
             id,
             KEEP,
             KEEP if data is None else dump_json("data", dict(data)),
             spec_text,
-            nxt,
-            slot,
+            str(nxt),
+            str(slot),
             KEEP,
             KEEP,
             KEEP,
@@ -302,7 +308,7 @@ class Queue:
             fence.encode(),
             KEEP if state is None else dump_json("state", dict(state)),
         ]
-        result = await self.run_script("upsert", "schedulers", args)
+        result = await self._upsert_rows([row])
         return bool(result[0] == "updated")
 
     async def remove_schedulers(self, ids: Iterable[str]) -> int:

@@ -69,6 +69,7 @@ def _schedule_text(spec: SchedulerSpec) -> str:
 
 def _changed_fields(spec: SchedulerSpec, current: list[str | None]) -> list[str]:
     name, data, schedule, scope, owner, overlap = current
+    scope, owner, overlap = scope or "", owner or "", overlap or "0"
     changed = []
     if name != spec.name:
         changed.append("check")

@@ -4,7 +4,7 @@
 local P = ARGV[1]
 local sk = P .. 'scheduler:' .. ARGV[2]
 local s = redis.call('HMGET', sk, 'epoch', 'wseq')
-if not s[1] or s[1] ~= ARGV[4] or tonumber(ARGV[3]) < tonumber(s[2]) then
+if not s[1] or s[1] ~= ARGV[4] or tonumber(ARGV[3]) < tonumber(s[2] or '0') then
   return false
 end
 local t = redis.call('TIME')

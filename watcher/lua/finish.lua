@@ -41,10 +41,10 @@ for b = 4, #ARGV, 7 do
       redis.call('LTRIM', P .. 'finished', 0, cap - 1)
       if sk then
         if redis.call('HGET', sk, 'active') == jid then redis.call('HSET', sk, 'active', '') end
-        if kind == 'ok' then redis.call('HSET', sk, 'fails', 0) else redis.call('HINCRBY', sk, 'fails', 1) end
+        if kind == 'ok' then redis.call('HDEL', sk, 'fails') else redis.call('HINCRBY', sk, 'fails', 1) end
         if kind == 'ok' and state ~= '~' then
           local s = redis.call('HMGET', sk, 'epoch', 'wseq')
-          if s[1] == j[6] and tonumber(j[5]) >= tonumber(s[2]) then
+          if s[1] == j[6] and tonumber(j[5]) >= tonumber(s[2] or '0') then
             redis.call('HSET', sk, 'state', state, 'wseq', j[5])
             redis.call('HINCRBY', sk, 'rev', 1)
           else

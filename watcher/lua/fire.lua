@@ -13,14 +13,14 @@ for b = 2, #ARGV, 4 do
   local score = redis.call('ZSCORE', P .. 'schedulers', id)
   if score and tonumber(score) == tonumber(expected) then
     local key = P .. 'scheduler:' .. id
-    local s = redis.call('HMGET', key, 'active', 'overlap', 'limit', 'count', 'attempts')
+    local s = redis.call('HMGET', key, 'spec', 'active', 'overlap', 'limit', 'count', 'attempts')
     if not s[1] then
       redis.call('ZREM', P .. 'schedulers', id) -- a scheduler without its hash: nothing to run
     else
-      local limit, count = tonumber(s[3]) or 0, tonumber(s[4]) or 0
+      local limit, count = tonumber(s[4]) or 0, tonumber(s[5]) or 0
       local busy = false
-      if s[1] ~= '' and s[2] ~= '1' then
-        busy = live[redis.call('HGET', P .. 'job:' .. s[1], 'st') or ''] == true
+      if s[2] and s[2] ~= '' and s[3] ~= '1' then
+        busy = live[redis.call('HGET', P .. 'job:' .. s[2], 'st') or ''] == true
       end
       if busy then
         skipped = skipped + 1
@@ -30,7 +30,7 @@ for b = 2, #ARGV, 4 do
       else
         local jid = tostring(redis.call('INCR', P .. 'id'))
         redis.call('HSET', P .. 'job:' .. jid, 'name', '', 'sched', id, 'at', expected,
-          'st', 'wait', 'att', 0, 'max', s[5] or 3, 'created', now)
+          'st', 'wait', 'att', 0, 'max', s[6] or 3, 'created', now)
         redis.call('RPUSH', P .. 'wait', jid)
         count = count + 1
         redis.call('HSET', key, 'active', jid, 'count', count)

@@ -29,7 +29,7 @@ for i, jid in ipairs(ids) do
         runnable = false -- the scheduler was removed after this run fired
         redis.call('DEL', jk)
       else
-        name, data, state, epoch = s[1], s[2], s[3], s[4]
+        name, data, state, epoch = s[1], s[2] or '{}', s[3] or '', s[4]
         seq = redis.call('HINCRBY', sk, 'seq', 1)
         redis.call('HSET', sk, 'last_run', now)
       end

@@ -1,22 +1,22 @@
 -- Upsert schedulers, atomically. KEYS[1] = schedulers ZSET.
--- ARGV: prefix, count, then 13 fields per scheduler:
+-- ARGV: prefix, then a JSON array with one array of 13 strings per scheduler (one argument
+-- instead of thousands: packing arguments is what costs a client most):
 --   id, name, data, spec, next, slot, scope, owner, overlap, limit, attempts, fence, state
 -- "~" means "not given, keep". fence is "" (a configuration upsert) or "seq:epoch" (a run
 -- writing back: applied only if the scheduler's state epoch is unchanged and no newer run
 -- wrote first). A changed scope resets the state and bumps the epoch, fencing off old runs.
-local P, n = ARGV[1], tonumber(ARGV[2])
+local P = ARGV[1]
+local rows = cjson.decode(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local K = '~'
 local out = {}
-local function event(kind, id, rev)
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', kind, 'scheduler', id, 'rev', rev)
-end
-for i = 0, n - 1 do
-  local b = 2 + i * 13
-  local id, name, data, spec, nxt, slot = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
-  local scope, owner, overlap, limit, attempts = ARGV[b + 7], ARGV[b + 8], ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
-  local fence, state = ARGV[b + 12], ARGV[b + 13]
+-- Fields not stored while at these values (HMGET returns nil for them).
+local DEFAULT = {name = '', data = '{}', owner = '', overlap = '0', limit = '0', attempts = '3', scope = ''}
+for _, row in ipairs(rows) do
+  local id, name, data, spec, nxt, slot = row[1], row[2], row[3], row[4], row[5], row[6]
+  local scope, owner, overlap, limit, attempts = row[7], row[8], row[9], row[10], row[11]
+  local fence, state = row[12], row[13]
   local key = P .. 'scheduler:' .. id
   local exists = redis.call('EXISTS', key) == 1
   if fence ~= '' then
@@ -25,7 +25,7 @@ for i = 0, n - 1 do
     else
       local cur = redis.call('HMGET', key, 'epoch', 'wseq', 'spec')
       local seq, epoch = string.match(fence, '^(%d+):(%d+)$')
-      if cur[1] ~= epoch or tonumber(seq) < tonumber(cur[2]) then
+      if cur[1] ~= epoch or tonumber(seq) < tonumber(cur[2] or '0') then
         out[#out + 1] = 'fenced'
       else
         redis.call('HSET', key, 'wseq', seq, 'updated', now)
@@ -40,26 +40,35 @@ for i = 0, n - 1 do
       end
     end
   elseif not exists then
-    redis.call('HSET', key, 'name', name, 'data', data, 'state', state ~= K and state or '{}',
-      'spec', spec, 'slot', slot, 'scope', scope, 'owner', owner, 'overlap', overlap,
-      'limit', limit, 'attempts', attempts, 'epoch', 1, 'rev', 1, 'seq', 0, 'wseq', 0,
-      'count', 0, 'skipped', 0, 'fails', 0, 'active', '', 'created', now, 'updated', now)
+    -- fields at their default value are not stored: an idle scheduler stays small
+    redis.call('HSET', key, 'name', name, 'data', data, 'spec', spec, 'slot', slot,
+      'epoch', 1, 'rev', 1, 'created', now, 'updated', now)
+    if state ~= K and state ~= '{}' then redis.call('HSET', key, 'state', state) end
+    local optional = {scope = scope, owner = owner, overlap = overlap, limit = limit, attempts = attempts}
+    for f, v in pairs(optional) do
+      if v ~= K and v ~= DEFAULT[f] then redis.call('HSET', key, f, v) end
+    end
     redis.call('ZADD', P .. 'schedulers', nxt, id)
-    event('created', id, 1)
     out[#out + 1] = 'created'
   else
-    local cur = redis.call('HMGET', key, 'name', 'data', 'owner', 'overlap', 'limit', 'attempts', 'scope', 'spec')
+    local names = {'name', 'data', 'owner', 'overlap', 'limit', 'attempts', 'scope', 'spec'}
+    local cur = redis.call('HMGET', key, unpack(names))
     local given = {name, data, owner, overlap, limit, attempts}
-    local names = {'name', 'data', 'owner', 'overlap', 'limit', 'attempts'}
     local changed = false
     for f = 1, 6 do
-      if given[f] ~= K and given[f] ~= cur[f] then
-        redis.call('HSET', key, names[f], given[f])
+      local old = cur[f] or DEFAULT[names[f]]
+      if given[f] ~= K and given[f] ~= old then
+        if given[f] == DEFAULT[names[f]] then
+          redis.call('HDEL', key, names[f])
+        else
+          redis.call('HSET', key, names[f], given[f])
+        end
         changed = true
       end
     end
-    if scope ~= K and scope ~= cur[7] then
-      redis.call('HSET', key, 'scope', scope, 'state', '{}')
+    if scope ~= K and scope ~= (cur[7] or '') then
+      redis.call('HSET', key, 'scope', scope)
+      redis.call('HDEL', key, 'state')
       redis.call('HINCRBY', key, 'epoch', 1)
       changed = true
     elseif state ~= K then
@@ -74,7 +83,6 @@ for i = 0, n - 1 do
     if changed then
       local rev = redis.call('HINCRBY', key, 'rev', 1)
       redis.call('HSET', key, 'updated', now)
-      event('updated', id, rev)
       out[#out + 1] = 'updated'
     else
       out[#out + 1] = 'unchanged'
