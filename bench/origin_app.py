@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (sys.path is fixed before the imports, see below)
 """The origin for bench/checks.py: a minimal raw ASGI app, served by uvicorn with httptools.
 
     .venv/bin/python bench/origin_app.py --port 8181 [--resources 5000]
@@ -12,7 +13,12 @@ not_modified (304), missing (404), body_bytes_304 (always 0: the proof is in the
 probe of bench/checks.py, which reads a 304 off a raw socket).
 """
 
-from __future__ import annotations
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder would come first on sys.path, and bench/queue.py would
+# shadow the standard library's `queue` (imported by asyncio and uvicorn): drop the folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json

@@ -80,6 +80,7 @@ class Variant:
     e2e: list[float] = field(default_factory=list)
     enqueue_method: str = ""
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def variants() -> list[Variant]:
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     sched = {lib: SchedResult() for lib in SCHEDULER_LIBS if lib in args.libs}
     late = LateResult() if "watcher" in args.libs else None
     started = time.monotonic()
+    load_before = os.getloadavg()
 
     # environments first: a library whose install fails is reported, the rest go on
     pythons: dict[str, Path] = {}
@@ -342,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                 row.enqueue.append(res["enqueue_rate"])
                 row.e2e.append(res["e2e_rate"])
                 row.enqueue_method = res["enqueue_method"]
+                if res["handled"] != sizes.jobs:
+                    row.notes.append(
+                        f"run {run}: the handler ran {res['handled']:,} times for "
+                        f"{sizes.jobs:,} jobs"
+                    )
                 console.print(
                     f" enqueue {res['enqueue_rate']:,.0f}/s, e2e {res['e2e_rate']:,.0f}/s "
                     f"({res['e2e_s']:.2f} s, {res['handled']:,} handled)"
@@ -409,11 +416,15 @@ def main(argv: list[str] | None = None) -> int:
         admin.close()
 
     elapsed = time.monotonic() - started
+    load_after = os.getloadavg()
+    machine["load"] = (
+        f"load average (1 min) {load_before[0]:.2f} at start, {load_after[0]:.2f} at end"
+    )
     header, body = build_table(rows, sched)
-    late_line = lateness_line(late, sizes)
-    show(header, body, late_line, sizes, args.runs)
+    notes = footer(rows, sched, late, sizes)
+    show(header, body, notes, sizes, args.runs)
     write_markdown(
-        args.output, header, body, late_line, rows, sched, late, sizes, args, machine, versions,
+        args.output, header, body, notes, rows, sched, late, sizes, args, machine, versions,
         elapsed,
     )  # fmt: skip
     console.print(f"wrote {args.output} ({elapsed / 60:.1f} min in all)")
@@ -435,6 +446,10 @@ def build_table(
     peer_best = max(
         (median(r.e2e) or 0.0 for r in rows if r.lib != "watcher" and r.e2e), default=0.0
     )
+    # enqueueing does not depend on the worker's settings: pool each library's samples
+    enqueue: dict[str, list[float]] = {}
+    for row in rows:
+        enqueue.setdefault(row.lib, []).extend(row.enqueue)
     body = []
     for row in rows:
         if row.error and not row.e2e:
@@ -445,7 +460,7 @@ def build_table(
             note = f" ({failed(row.error)})" if row.error else ""
             cells = [
                 row.label + note,
-                rate(median(row.enqueue)),
+                rate(median(enqueue[row.lib])),
                 row.enqueue_method,
                 rate(e2e),
                 ratio,
@@ -463,9 +478,25 @@ def build_table(
     return header, body
 
 
-def lateness_line(late: LateResult | None, sizes: Sizes) -> str:
-    if late is None:
-        return ""
+def footer(
+    rows: list[Variant], sched: dict[str, SchedResult], late: LateResult | None, sizes: Sizes
+) -> list[str]:
+    """The lines under the table: lateness, watcher's one-at-a-time upserts, anomalies."""
+    lines = []
+    if late is not None:
+        lines.append(lateness_line(late, sizes))
+    watcher = sched.get("watcher")
+    if watcher is not None and watcher.single:
+        lines.append(
+            f"watcher upserts one at a time, as bullmq must ({watcher.single_method}): "
+            f"{median(watcher.single):,.0f}/s"
+        )
+    for row in rows:
+        lines += [f"{row.label}: {note}" for note in row.notes]
+    return lines
+
+
+def lateness_line(late: LateResult, sizes: Sizes) -> str:
     what = (
         f"watcher fire lateness ({sizes.late_schedulers:,} schedulers every {sizes.every:g} s "
         f"over {sizes.late_seconds:g} s, one worker, concurrency 50)"
@@ -479,7 +510,7 @@ def lateness_line(late: LateResult | None, sizes: Sizes) -> str:
     )
 
 
-def show(header: list[str], body: list[list[str]], late_line: str, sizes: Sizes, runs: int):
+def show(header: list[str], body: list[list[str]], notes: list[str], sizes: Sizes, runs: int):
     table = Table(
         title=f"Queue benchmark: {sizes.jobs:,} no-op jobs, median of {runs} run(s)",
         title_justify="left",
@@ -489,15 +520,15 @@ def show(header: list[str], body: list[list[str]], late_line: str, sizes: Sizes,
     for cells in body:
         table.add_row(*(escape(cell) for cell in cells))
     console.print(table)
-    if late_line:
-        console.print(escape(late_line))
+    for line in notes:
+        console.print(escape(line))
 
 
 def write_markdown(
     path: Path,
     header: list[str],
     body: list[list[str]],
-    late_line: str,
+    notes: list[str],
     rows: list[Variant],
     sched: dict[str, SchedResult],
     late: LateResult | None,
@@ -515,7 +546,8 @@ def write_markdown(
         "# Queue benchmark",
         "",
         f"- date: {now:%Y-%m-%d %H:%M %Z}",
-        f"- machine: nproc {machine['nproc']}, {machine['cpu']}, {machine['os']}",
+        f"- machine: nproc {machine['nproc']}, {machine['cpu']}, {machine['os']}; "
+        f"{machine['load']}",
         f"- python {machine['python']}, redis-server {machine['redis']} "
         "(private, no persistence, 127.0.0.1)",
         f"- command: `{command_line()}` ({elapsed / 60:.1f} min)",
@@ -532,8 +564,8 @@ def write_markdown(
         *(md_row(cells) for cells in body),
         "",
     ]
-    if late_line:
-        lines += [late_line, ""]
+    if notes:
+        lines += [*(f"- {line}" for line in notes), ""]
     lines += [
         "## How",
         "",
@@ -542,7 +574,8 @@ def write_markdown(
         "runs are interleaved (run 1 of every library, then run 2, ...).",
         f"- enqueue/s: {sizes.jobs:,} jobs carrying one small integer, with the library's bulk "
         "call where it has one (1,000 jobs a call), else its enqueue call from 50 concurrent "
-        "asyncio tasks.",
+        "asyncio tasks; enqueueing is measured in every e2e run, and a library's rows show the "
+        "median of all its rows' samples.",
         f"- e2e/s: the jobs are enqueued first; then one worker process is started and timed "
         f"from its start until its handler has been entered {sizes.jobs:,} times (counted in "
         "the handler); the worker is stopped after the library reports them all completed.",

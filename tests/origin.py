@@ -23,6 +23,7 @@ POST requests are recorded with their body and answered 200 (a webhook receiver)
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import socket
 import threading
@@ -124,6 +125,7 @@ class Origin:
         self._gate.set()
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
+        self._port: int | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -138,6 +140,7 @@ class Origin:
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
+        self._port = int(server.server_address[1])
         # A short poll interval keeps shutdown() quick.
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -153,10 +156,8 @@ class Origin:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:  # keep-alive connections idle in their handler threads
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._server.server_close()
         self._server = None
 
@@ -173,8 +174,8 @@ class Origin:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "the origin is not started"
-        return int(self._server.server_address[1])
+        assert self._port is not None, "the origin was never started"
+        return self._port
 
     @property
     def url(self) -> str:
@@ -291,10 +292,13 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         with self.origin._lock:
             self.origin._connections.discard(self.connection)
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
+
+    def handle(self) -> None:
+        # A client reset its idle keep-alive connection, or was killed mid-request.
+        with contextlib.suppress(OSError):
+            super().handle()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

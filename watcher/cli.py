@@ -45,11 +45,19 @@ def read_config(path: str) -> Config:
     """Load and validate the YAML, including that every check can be loaded."""
     config = load_config(path)
     problems = []
+    failed: dict[str, PluginError | None] = {}
     for index, resource in enumerate(config.resources):
-        try:
-            load_check(resource.check, resource=resource.id)
-        except PluginError as exc:
-            problems += config.error(("resources", index, "check"), str(exc)).errors
+        if resource.check not in failed:
+            try:
+                load_check(resource.check, resource=resource.id)
+                failed[resource.check] = None
+            except PluginError as exc:
+                failed[resource.check] = exc
+        if failed[resource.check] is not None:
+            message = f"check {resource.check!r} (resource {resource.id!r}): " + str(
+                failed[resource.check]
+            ).split(": ", 1)[-1]
+            problems += config.error(("resources", index, "check"), message).errors
     if problems:
         raise ConfigError(problems, config.source)
     return config

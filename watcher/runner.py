@@ -145,7 +145,7 @@ class CheckRunner:
             raise Fail(reason, report=_report("failed", reason, exc.status_code, started)) from None
         except httpx.TransportError as exc:  # a plugin that let a network error through
             self.stats.add(failed=True)
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = redact(f"{type(exc).__name__}: {exc}", resource) or ""
             raise Retry(reason, report=_report("retrying", reason, None, started)) from None
         except Exception as exc:
             self.stats.add(failed=True)
@@ -165,7 +165,7 @@ class CheckRunner:
                 resource=resource.id,
                 check=job.name,
                 url=resource.url,
-                time=time.time(),
+                time=await self.queue.now_ms() / 1000,
                 old=validators(job.state),
                 new=validators(result.state),
                 status_code=result.status_code,
