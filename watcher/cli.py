@@ -54,9 +54,10 @@ def read_config(path: str) -> Config:
             except PluginError as exc:
                 failed[resource.check] = exc
         if failed[resource.check] is not None:
-            message = f"check {resource.check!r} (resource {resource.id!r}): " + str(
-                failed[resource.check]
-            ).split(": ", 1)[-1]
+            message = (
+                f"check {resource.check!r} (resource {resource.id!r}): "
+                + str(failed[resource.check]).split(": ", 1)[-1]
+            )
             problems += config.error(("resources", index, "check"), message).errors
     if problems:
         raise ConfigError(problems, config.source)

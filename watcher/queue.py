@@ -84,6 +84,8 @@ class SchedulerSpec:
     scope: str | None = None
     """State is kept while the scope stays the same; a new scope resets it (fencing old runs)."""
     state: Mapping[str, Any] | None = None
+    immediately: bool = False
+    """When created, run once right away (then on the schedule's slots)."""
 
 
 @dataclass
@@ -239,6 +241,7 @@ class Queue:
                         str(spec.attempts),
                         "",
                         state,
+                        str(now) if spec.immediately else "",
                     ]
                 )
             results += await self._upsert_rows(rows)
@@ -307,6 +310,7 @@ class Queue:
             KEEP,
             fence.encode(),
             KEEP if state is None else dump_json("state", dict(state)),
+            "",
         ]
         result = await self._upsert_rows([row])
         return bool(result[0] == "updated")

@@ -60,6 +60,7 @@ def spec_for(resource: ResourceConfig, owner: str) -> SchedulerSpec:
         overlap=resource.overlap,
         owner=owner,
         scope=resource.identity(),
+        immediately=True,  # a new resource gets its baseline now, not at its first slot
     )
 
 

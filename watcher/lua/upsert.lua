@@ -1,7 +1,8 @@
 -- Upsert schedulers, atomically. KEYS[1] = schedulers ZSET.
--- ARGV: prefix, then a JSON array with one array of 13 strings per scheduler (one argument
+-- ARGV: prefix, then a JSON array with one array of 14 strings per scheduler (one argument
 -- instead of thousands: packing arguments is what costs a client most):
---   id, name, data, spec, next, slot, scope, owner, overlap, limit, attempts, fence, state
+--   id, name, data, spec, next, slot, scope, owner, overlap, limit, attempts, fence, state,
+--   first (the first fire time when created, "" = next: "run immediately" passes now)
 -- "~" means "not given, keep". fence is "" (a configuration upsert) or "seq:epoch" (a run
 -- writing back: applied only if the scheduler's state epoch is unchanged and no newer run
 -- wrote first). A changed scope resets the state and bumps the epoch, fencing off old runs.
@@ -16,7 +17,7 @@ local DEFAULT = {name = '', data = '{}', owner = '', overlap = '0', limit = '0',
 for _, row in ipairs(rows) do
   local id, name, data, spec, nxt, slot = row[1], row[2], row[3], row[4], row[5], row[6]
   local scope, owner, overlap, limit, attempts = row[7], row[8], row[9], row[10], row[11]
-  local fence, state = row[12], row[13]
+  local fence, state, first = row[12], row[13], row[14]
   local key = P .. 'scheduler:' .. id
   local exists = redis.call('EXISTS', key) == 1
   if fence ~= '' then
@@ -41,6 +42,7 @@ for _, row in ipairs(rows) do
     end
   elseif not exists then
     -- fields at their default value are not stored: an idle scheduler stays small
+    if first ~= '' then nxt, slot = first, first end
     redis.call('HSET', key, 'name', name, 'data', data, 'spec', spec, 'slot', slot,
       'epoch', 1, 'rev', 1, 'created', now, 'updated', now)
     if state ~= K and state ~= '{}' then redis.call('HSET', key, 'state', state) end
