@@ -188,12 +188,14 @@ class CheckRunner:
             )
         return Outcome(
             result={"outcome": outcome, "summary": summary},
-            state=result.state,
+            state=None if result.state == job.state else result.state,
             report=_report(outcome, summary, result.status_code, started, result.not_modified),
         )
 
     def _notify(self, job: Job, change: Change) -> None:
-        names = job.data.get("notify") or ["console"]
+        names = job.data.get("notify")
+        if names is None:
+            names = ["console"]
         chosen = [self.notifiers[n] for n in names if n in self.notifiers]
         task = asyncio.create_task(notify_all(chosen, change, log=log))
         self._notifying.add(task)

@@ -122,6 +122,7 @@ class Worker:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         keep_finished: float = 3600.0,
+        keep_runs: float = 60.0,
         finished_cap: int = 1000,
         tick: bool = True,
         worker_id: str | None = None,
@@ -137,6 +138,7 @@ class Worker:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.keep_ms = round(keep_finished * 1000)
+        self.keep_runs_ms = round(keep_runs * 1000)
         self.finished_cap = finished_cap
         self.tick_enabled = tick
         self.metrics = metrics
@@ -144,6 +146,7 @@ class Worker:
         self.processed = 0
         self.failed = 0
         self._held: dict[str, Job] = {}  # leased and not yet finished in Redis
+        self._finishing: set[str] = set()  # in a finish call now
         self._running: set[asyncio.Task[None]] = set()
         self._finished: list[_Finished] = []
         self._finish_wanted = asyncio.Event()
@@ -379,9 +382,10 @@ class Worker:
         failures = 0
         while self._finished:
             batch, self._finished = self._finished, []
-            args: list[Any] = [self.keep_ms, self.finished_cap]
+            args: list[Any] = [self.keep_ms, self.keep_runs_ms, self.finished_cap]
             for f in batch:
                 args += [f.job.id, f.job.token, f.kind, f.delay_ms, f.payload, f.state, f.report]
+            self._finishing = {f.job.id for f in batch}
             try:
                 codes = await self.queue.run_script("finish", "active", args)
                 self._redis_ok()
@@ -394,6 +398,8 @@ class Worker:
                     log.error("giving up finishing %d job(s): Redis unreachable", len(batch))
                     return
                 continue
+            finally:
+                self._finishing = set()
             for f, code in zip(batch, codes, strict=True):
                 self._held.pop(f.job.id, None)
                 if code == 0:
@@ -440,7 +446,10 @@ class Worker:
             args += [sid, score, fire_at, nxt or 0]
         if args:
             await self.queue.run_script("fire", "schedulers", args)
-        return min(0.1, max(0.0, (soonest - now) / 1000))
+        if len(args) >= 4 * batch:
+            return 0.0  # more are due
+        # At least 10 ms between ticks: firing in small batches costs more than the lateness
+        return min(0.1, max(0.01, (soonest - now) / 1000))
 
     # -- leases, heartbeat, recovery ------------------------------------------------------
 
@@ -469,10 +478,13 @@ class Worker:
     async def _extend_leases(self) -> None:
         args: list[Any] = [self.lease_ms]
         for job in list(self._held.values()):
-            args += [job.id, job.token]
+            if job.id not in self._finishing:
+                args += [job.id, job.token]
         if len(args) > 1:
             lost = await self.queue.run_script("extend", "active", args)
             for jid in lost:
+                if jid not in self._held or jid in self._finishing:
+                    continue  # finished meanwhile, not lost
                 log.warning("job %s: lease lost (it may run again elsewhere)", jid)
 
     async def _heartbeat(self) -> None:

@@ -1,14 +1,15 @@
 -- Finish jobs: complete, fail, or schedule a retry, each only if the caller still holds the
 -- job's lease token (a job whose lease expired and was taken again is not the caller's).
--- KEYS[1] = active ZSET. ARGV: prefix, keep ms, finished cap, then 7 fields per job:
+-- KEYS[1] = active ZSET. ARGV: prefix, keep ms, keep ms for a scheduler's successful run
+-- (its outcome lives on in the scheduler's report), finished cap, then 7 fields per job:
 --   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none), report ("~" = none)
 -- A completed scheduler run writes its state back fenced: only if the state epoch is unchanged
 -- and no newer run wrote first. Returns one code per job: 1 done, 0 lost lease, 2 state fenced off.
-local P, keep, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local P, keep, keep_runs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-for b = 4, #ARGV, 7 do
+for b = 5, #ARGV, 7 do
   local jid, token, kind, delay, payload, state, report =
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
   local jk = P .. 'job:' .. jid
@@ -36,7 +37,7 @@ for b = 4, #ARGV, 7 do
         redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', 'failed', 'job', jid,
           'scheduler', j[2], 'attempt', j[3], 'error', payload)
       end
-      redis.call('PEXPIRE', jk, keep)
+      redis.call('PEXPIRE', jk, (kind == 'ok' and j[2] ~= '') and keep_runs or keep)
       redis.call('LPUSH', P .. 'finished', jid)
       redis.call('LTRIM', P .. 'finished', 0, cap - 1)
       if sk then
