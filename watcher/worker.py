@@ -155,6 +155,7 @@ class Worker:
         self._takes = 0
         self._redis_down_since: float | None = None
         self._redis_back_at = -60.0
+        self._last_extend = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -168,9 +169,9 @@ class Worker:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        loops = [self._fetch_loop(), self._finish_loop(), self._keep_loop()]
+        loops = [self._repeat(self._fetch), self._finish_loop(), self._repeat(self._keep)]
         if self.tick_enabled:
-            loops.append(self._tick_loop())
+            loops.append(self._repeat(self._tick))
         tasks = [asyncio.create_task(coro) for coro in loops]
         fetch = tasks[0]
         try:
@@ -237,29 +238,37 @@ class Worker:
 
     # -- fetch and run --------------------------------------------------------------------
 
-    async def _fetch_loop(self) -> None:
+    async def _repeat(self, step: Callable[[], Awaitable[float]]) -> None:
+        """Run `step` until stopped, pausing for what it returns; ride out Redis outages."""
         failures = 0
         while not self._stop.is_set():
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
             try:
-                jobs = await self._take(free)
-                if not jobs:
-                    await self._idle()
-                failures = 0
-                self._redis_ok()
+                pause = await step()
             except REDIS_DOWN as exc:
                 failures += 1
                 await self._redis_failed(exc, failures)
                 continue
-            for job in jobs:
-                self._held[job.id] = job
-                task = asyncio.create_task(self._run(job))
-                self._running.add(task)
-                task.add_done_callback(self._job_done)
+            failures = 0
+            self._redis_ok()
+            if pause > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), pause)
+
+    async def _fetch(self) -> float:
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            self._slot_free.clear()
+            await self._slot_free.wait()
+            return 0.0
+        jobs = await self._take(free)
+        if not jobs:
+            await self._idle()
+        for job in jobs:
+            self._held[job.id] = job
+            task = asyncio.create_task(self._run(job))
+            self._running.add(task)
+            task.add_done_callback(self._job_done)
+        return 0.0
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -413,22 +422,7 @@ class Worker:
 
     # -- tick -----------------------------------------------------------------------------
 
-    async def _tick_loop(self, batch: int = 500) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                wait = await self._tick(batch)
-                failures = 0
-                self._redis_ok()
-            except REDIS_DOWN as exc:
-                failures += 1
-                await self._redis_failed(exc, failures)
-                continue
-            if wait > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), wait)
-
-    async def _tick(self, batch: int) -> float:
+    async def _tick(self, batch: int = 500) -> float:
         """Fire what is due; returns seconds to sleep before the next tick."""
         reply = await self.queue.run_script("due", "schedulers", [batch])
         now = int(reply[0])
@@ -453,27 +447,16 @@ class Worker:
 
     # -- leases, heartbeat, recovery ------------------------------------------------------
 
-    async def _keep_loop(self) -> None:
-        interval = min(1.0, self.lease_ms / 3000)
-        last_extend = 0.0
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                if time.monotonic() - last_extend >= self.lease_ms / 3000:
-                    await self._extend_leases()
-                    await self._heartbeat()
-                    last_extend = time.monotonic()
-                recovered = await self.queue.run_script("recover", "active", [1000])
-                if recovered:
-                    log.warning("recovered %d job(s) whose lease expired", recovered)
-                failures = 0
-                self._redis_ok()
-            except REDIS_DOWN as exc:
-                failures += 1
-                await self._redis_failed(exc, failures)
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval)
+    async def _keep(self) -> float:
+        """Extend leases and heartbeat every third of a lease; recover expired leases."""
+        if time.monotonic() - self._last_extend >= self.lease_ms / 3000:
+            await self._extend_leases()
+            await self._heartbeat()
+            self._last_extend = time.monotonic()
+        recovered = await self.queue.run_script("recover", "active", [1000])
+        if recovered:
+            log.warning("recovered %d job(s) whose lease expired", recovered)
+        return min(1.0, self.lease_ms / 3000)
 
     async def _extend_leases(self) -> None:
         args: list[Any] = [self.lease_ms]
