@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from watcher.check import CheckContext, Resource
+from watcher.http import make_client
 from watcher.queue import Queue
 from watcher.redis_server import RedisServer
 
@@ -44,3 +49,39 @@ async def queue(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """A client over httpx's own transport: the one pytest-httpx mocks."""
+    async with make_client(transport="httpx") as http:
+        yield http
+
+
+@pytest.fixture
+def upserts() -> list[dict[str, Any]]:
+    """What checks passed to `ctx.upsert`, in order."""
+    return []
+
+
+@pytest.fixture
+def make_ctx(
+    client: httpx.AsyncClient, upserts: list[dict[str, Any]], request: pytest.FixtureRequest
+) -> Callable[..., CheckContext]:
+    """Builds a CheckContext; the URL defaults to the test module's `URL`."""
+
+    async def upsert(*, state: Any = None, every: float | None = None) -> bool:
+        upserts.append({"state": state, "every": every})
+        return True
+
+    def make(state: dict[str, Any] | None = None, **resource: Any) -> CheckContext:
+        resource.setdefault("url", getattr(request.module, "URL", "https://example.test/"))
+        return CheckContext(
+            resource=Resource(id="r1", **resource),
+            state=dict(state or {}),
+            client=client,
+            log=logging.getLogger("test"),
+            upsert=upsert,
+        )
+
+    return make

@@ -17,7 +17,9 @@ from watcher.worker import Worker
 TESTS = Path(__file__).resolve().parent
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.02) -> None:
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         if time.monotonic() > deadline:
@@ -35,12 +37,14 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
         await asyncio.wait_for(task, 30)
 
 
-def start_worker_process(url: str, queue: Queue | str, mode: str, *args: str) -> subprocess.Popen[str]:
+def start_worker_process(
+    url: str, queue: Queue | str, mode: str, *args: str
+) -> subprocess.Popen[str]:
     name = queue.name if isinstance(queue, Queue) else queue
     proc = subprocess.Popen(
         [sys.executable, str(TESTS / "worker_proc.py"), url, name, mode, *args],
         stdout=subprocess.PIPE,
-        stderr=tempfile.TemporaryFile(),  # never a pipe: a chatty worker must not block on it
+        stderr=tempfile.TemporaryFile(),  # noqa: SIM115 -- not a pipe: a chatty worker must not block
         text=True,
     )
     assert proc.stdout is not None

@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
-import httpx
 import pytest
 from pytest_httpx import HTTPXMock
 
 from checks import content
-from watcher.check import CheckContext, CheckFailed, Resource, TransientCheckError
-from watcher.http import make_client
+from watcher.check import CheckContext, CheckFailed, TransientCheckError
 
 URL = "https://example.test/page"
 
 MakeCtx = Callable[..., CheckContext]
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client(transport="httpx") as client:
-        yield client
-
-
-@pytest.fixture
-def make_ctx(client: httpx.AsyncClient) -> MakeCtx:
-    async def upsert(*, state: Any = None, every: float | None = None) -> bool:
-        return True
-
-    def make(state: dict[str, Any] | None = None, **resource: Any) -> CheckContext:
-        resource.setdefault("url", URL)
-        return CheckContext(
-            Resource(id="r1", **resource),
-            dict(state or {}),
-            client,
-            logging.getLogger("test"),
-            upsert,
-        )
-
-    return make
 
 
 def sha(data: str | bytes) -> str:

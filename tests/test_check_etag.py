@@ -26,36 +26,6 @@ LM2 = "Thu, 22 Oct 2015 09:00:00 GMT"
 MakeCtx = Callable[..., CheckContext]
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client(transport="httpx") as client:
-        yield client
-
-
-@pytest.fixture
-def upserts() -> list[dict[str, Any]]:
-    return []
-
-
-@pytest.fixture
-def make_ctx(client: httpx.AsyncClient, upserts: list[dict[str, Any]]) -> MakeCtx:
-    async def upsert(*, state: Any = None, every: float | None = None) -> bool:
-        upserts.append({"state": state, "every": every})
-        return True
-
-    def make(state: dict[str, Any] | None = None, **resource: Any) -> CheckContext:
-        resource.setdefault("url", URL)
-        return CheckContext(
-            resource=Resource(id="r1", **resource),
-            state=dict(state or {}),
-            client=client,
-            log=logging.getLogger("test"),
-            upsert=upsert,
-        )
-
-    return make
-
-
 class FailingStream(httpx.AsyncByteStream):
     """Yields some chunks, then fails the way a dropped connection does."""
 

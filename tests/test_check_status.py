@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import httpx
 import pytest
 from pytest_httpx import HTTPXMock
 
 from checks import status
-from watcher.check import CheckContext, CheckFailed, Resource
-from watcher.http import make_client
+from watcher.check import CheckContext, CheckFailed
 
 URL = "https://example.test/health"
 UP = {"status_code": 200, "reachable": True, "reason": "OK"}
 DOWN = {"status_code": None, "reachable": False, "reason": "cannot connect: refused"}
 
 MakeCtx = Callable[..., CheckContext]
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client(transport="httpx") as client:
-        yield client
-
-
-@pytest.fixture
-def make_ctx(client: httpx.AsyncClient) -> MakeCtx:
-    async def upsert(*, state: Any = None, every: float | None = None) -> bool:
-        return True
-
-    def make(state: dict[str, Any] | None = None, **resource: Any) -> CheckContext:
-        resource.setdefault("url", URL)
-        return CheckContext(
-            Resource(id="r1", **resource),
-            dict(state or {}),
-            client,
-            logging.getLogger("test"),
-            upsert,
-        )
-
-    return make
 
 
 class NeverRead(httpx.AsyncByteStream):

@@ -149,7 +149,8 @@ BAD_CONFIGS = {
         "cron",
     ),
     "bad tz": (
-        'resources:\n  - id: a\n    url: http://127.0.0.1/\n    cron: "0 * * * *"\n    tz: Mars/Base\n',
+        'resources:\n  - id: a\n    url: http://127.0.0.1/\n    cron: "0 * * * *"\n'
+        "    tz: Mars/Base\n",
         5,
         "tz",
     ),

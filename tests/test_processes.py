@@ -69,7 +69,9 @@ async def test_sigkilled_worker_job_reruns_within_lease(queue: Queue, redis_url:
     victim.send_signal(signal.SIGKILL)
     victim.wait(5)
     killed_at = time.monotonic()
-    rescuer = start_worker_process(redis_url, queue, "slow", "--sleep", "0.1", "--lease", str(lease))
+    rescuer = start_worker_process(
+        redis_url, queue, "slow", "--sleep", "0.1", "--lease", str(lease)
+    )
     try:
         await wait_for(lambda: _llen_at_least(queue, f"test:{queue.name}:done", 5), lease + 5)
         elapsed = time.monotonic() - killed_at

@@ -83,7 +83,9 @@ async def test_list_schedulers_with_next_fire(queue: Queue) -> None:
         ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "time zone"),
     ],
 )
-async def test_bad_input_raises_and_writes_nothing(queue: Queue, fields: dict, message: str) -> None:
+async def test_bad_input_raises_and_writes_nothing(
+    queue: Queue, fields: dict, message: str
+) -> None:
     before = await queue.redis.keys(queue.prefix + "*")
     with pytest.raises(QueueError, match=message):
         await queue.upsert_scheduler("a", name="h", **fields)
@@ -109,9 +111,7 @@ def _upsert_many(url: str, name: str, process: int) -> None:
         q = Queue.from_url(url, name)
         await asyncio.gather(
             *(
-                q.upsert_scheduler(
-                    "same", name="h", data={"writer": process, "i": i}, every=0.05
-                )
+                q.upsert_scheduler("same", name="h", data={"writer": process, "i": i}, every=0.05)
                 for i in range(10)
             )
         )
@@ -133,7 +133,9 @@ async def test_concurrent_upserts_leave_one_scheduler_and_one_pending_job(
     worker = Worker(queue, {"h": blocked}, concurrency=5, grace=0.1)
     async with running(worker):
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_upsert_many, args=(redis_url, queue.name, p)) for p in range(5)]
+        procs = [
+            ctx.Process(target=_upsert_many, args=(redis_url, queue.name, p)) for p in range(5)
+        ]
         for p in procs:
             p.start()
         for p in procs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from watcher.queue import Fence, Queue
@@ -39,7 +40,7 @@ async def test_seed_pattern_next_run_sees_new_etag_phase_kept(queue: Queue) -> N
     seen = [etag for etag, _, _ in runs]
     assert seen == sorted(seen)  # never an older value after a newer one
     slots = [at for _, at, _ in runs]
-    assert all(b - a == 200 for a, b in zip(slots, slots[1:], strict=False))  # no slot lost
+    assert all(b - a == 200 for a, b in itertools.pairwise(slots))  # no slot lost
     assert {at % 200 for at in slots} == {phase}  # the phase never moved
     assert (await queue.get_scheduler("res")).data == {"etag": "v4"}  # type: ignore[union-attr]
 
@@ -167,7 +168,7 @@ async def test_retries_with_exponential_backoff_then_success(queue: Queue) -> No
     worker = Worker(queue, {"flaky": flaky}, backoff_base=0.2, tick=False)
     async with running(worker):
         await wait_for(lambda: _completed(queue, 1), 5)
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert len(attempts) == 3
     assert 0.1 <= gaps[0] <= 0.4  # 0.2 s * [0.5, 1.0] plus scheduling slack
     assert 0.2 <= gaps[1] <= 0.6  # 0.4 s * [0.5, 1.0]
@@ -175,7 +176,9 @@ async def test_retries_with_exponential_backoff_then_success(queue: Queue) -> No
     assert events.count("retry") == 2
 
 
-async def test_retry_after_delay_is_honoured_and_permanent_failure_not_retried(queue: Queue) -> None:
+async def test_retry_after_delay_is_honoured_and_permanent_failure_not_retried(
+    queue: Queue,
+) -> None:
     calls: dict[str, list[float]] = {"later": [], "broken": []}
 
     async def later(job: Job) -> None:

@@ -2,7 +2,8 @@
 
 Modes (what the handler does):
   record   HINCRBY test:<queue>:runs "<scheduler>|<slot>" 1 (counts every run of every slot)
-  slow     RPUSH test:<queue>:started <job id>, sleep --sleep seconds, RPUSH test:<queue>:done <job id>
+  slow     RPUSH test:<queue>:started <job id>, sleep --sleep seconds,
+           RPUSH test:<queue>:done <job id>
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ async def main() -> None:
 
     handler = record if args.mode == "record" else slow
     worker = Worker(
-        queue, lambda name: handler, concurrency=args.concurrency, lease=args.lease,
+        queue,
+        lambda name: handler,
+        concurrency=args.concurrency,
+        lease=args.lease,
         grace=args.grace,
     )
     print("ready", flush=True)
