@@ -274,3 +274,40 @@ async def test_status_live_renders_the_table(queue: Queue) -> None:
     static = Console(file=io.StringIO(), width=120, record=True)
     static.print(render(await collect(queue)))
     assert "pending" in static.export_text()
+
+
+def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
+    tmp_path: Path, redis_url: str, queue_name: str, origin: Origin
+) -> None:
+    config = write_config(
+        tmp_path / "watcher.yaml", redis_url, queue_name, resource("one", origin.url + "1", "1h")
+    )
+    run = subprocess.Popen(
+        [WATCHER, "run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        time.sleep(1.5)
+        write_config(
+            config,
+            redis_url,
+            queue_name,
+            resource("one", origin.url + "1", "1h") + resource("two", origin.url + "2"),
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
+            if {r["id"] for r in status["resources"]} == {"one", "two"}:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the edited YAML was not synced")
+        config.write_text(config.read_text() + "    every: never\n")
+        time.sleep(2.5)
+        assert run.poll() is None, "a bad edit stopped `watcher run`"
+        status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
+        assert {r["id"] for r in status["resources"]} == {"one", "two"}
+    finally:
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=30)
+    assert run.returncode == 0, out
+    assert "invalid" in out and "keeping the running configuration" in out

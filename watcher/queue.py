@@ -12,7 +12,8 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           skipped, fails (in a row), active (the pending run's job id),
                           report (the last run's outcome, JSON), created, updated,
                           last_run, last_change (ms). Fields at their default value
-                          (empty, 0, attempts 3) are not stored.
+                          (empty, 0, attempts 3, slot = score, updated = created) are
+                          not stored: an idle scheduler stays under 400 bytes.
   wait             LIST   job ids ready to run
   marker           LIST   wake-up tokens for idle workers (BLPOP), capped at 64
   active           ZSET   job id -> lease deadline (ms)
@@ -135,7 +136,7 @@ class SchedulerInfo:
             active_job=h.get("active") or None,
             report=json.loads(h["report"]) if h.get("report") else None,
             created_ms=int(h["created"]),
-            updated_ms=int(h["updated"]),
+            updated_ms=int(h.get("updated") or h["created"]),
             last_run_ms=opt_int("last_run"),
             last_change_ms=opt_int("last_change"),
         )

@@ -38,7 +38,11 @@ for b = 2, #ARGV, 4 do
         redis.call('ZREM', P .. 'schedulers', id)
       else
         redis.call('ZADD', P .. 'schedulers', nxt, id)
-        redis.call('HSET', key, 'slot', slot)
+        if slot == nxt then
+          redis.call('HDEL', key, 'slot') -- no jitter: the score is the slot
+        else
+          redis.call('HSET', key, 'slot', slot)
+        end
       end
     end
   end

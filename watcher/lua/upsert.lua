@@ -12,6 +12,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local K = '~'
 local out = {}
+-- The slot (next fire time without jitter) is stored only when it differs from the score.
+local function set_next(key, id, nxt, slot)
+  redis.call('ZADD', P .. 'schedulers', nxt, id)
+  if slot == nxt then redis.call('HDEL', key, 'slot') else redis.call('HSET', key, 'slot', slot) end
+end
 -- Fields not stored while at these values (HMGET returns nil for them).
 local DEFAULT = {name = '', data = '{}', owner = '', overlap = '0', limit = '0', attempts = '3', scope = ''}
 for _, row in ipairs(rows) do
@@ -33,8 +38,8 @@ for _, row in ipairs(rows) do
         if data ~= K then redis.call('HSET', key, 'data', data) end
         if state ~= K then redis.call('HSET', key, 'state', state) end
         if spec ~= K and spec ~= cur[3] then
-          redis.call('HSET', key, 'spec', spec, 'slot', slot)
-          redis.call('ZADD', P .. 'schedulers', nxt, id)
+          redis.call('HSET', key, 'spec', spec)
+          set_next(key, id, nxt, slot)
         end
         redis.call('HINCRBY', key, 'rev', 1)
         out[#out + 1] = 'updated'
@@ -43,14 +48,14 @@ for _, row in ipairs(rows) do
   elseif not exists then
     -- fields at their default value are not stored: an idle scheduler stays small
     if first ~= '' then nxt, slot = first, first end
-    redis.call('HSET', key, 'name', name, 'data', data, 'spec', spec, 'slot', slot,
-      'epoch', 1, 'rev', 1, 'created', now, 'updated', now)
+    redis.call('HSET', key, 'name', name, 'data', data, 'spec', spec, 'epoch', 1, 'rev', 1,
+      'created', now)
     if state ~= K and state ~= '{}' then redis.call('HSET', key, 'state', state) end
     local optional = {scope = scope, owner = owner, overlap = overlap, limit = limit, attempts = attempts}
     for f, v in pairs(optional) do
       if v ~= K and v ~= DEFAULT[f] then redis.call('HSET', key, f, v) end
     end
-    redis.call('ZADD', P .. 'schedulers', nxt, id)
+    set_next(key, id, nxt, slot)
     out[#out + 1] = 'created'
   else
     local names = {'name', 'data', 'owner', 'overlap', 'limit', 'attempts', 'scope', 'spec'}
@@ -78,8 +83,8 @@ for _, row in ipairs(rows) do
       changed = true
     end
     if spec ~= K and spec ~= cur[8] then
-      redis.call('HSET', key, 'spec', spec, 'slot', slot)
-      redis.call('ZADD', P .. 'schedulers', nxt, id)
+      redis.call('HSET', key, 'spec', spec)
+      set_next(key, id, nxt, slot)
       changed = true
     end
     if changed then
