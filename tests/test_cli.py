@@ -304,7 +304,8 @@ def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
         config.write_text(config.read_text() + "    every: never\n")
         time.sleep(2.5)
         assert run.poll() is None, "a bad edit stopped `watcher run`"
-        status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
+        elsewhere = ("-c", "none.yaml", "--redis", redis_url, "--queue", queue_name)
+        status = json.loads(watcher("status", "--json", *elsewhere, cwd=tmp_path).stdout)
         assert {r["id"] for r in status["resources"]} == {"one", "two"}
     finally:
         run.send_signal(signal.SIGTERM)
