@@ -39,6 +39,19 @@ def watcher(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
     )
 
 
+def start_run(cwd: Path) -> subprocess.Popen[str]:
+    """`watcher run` in the background, its log wide enough not to wrap."""
+    environment = {k: v for k, v in os.environ.items() if k != "WATCHER_REDIS_URL"}
+    return subprocess.Popen(
+        [WATCHER, "run"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**environment, "COLUMNS": "300"},
+    )
+
+
 @pytest.fixture
 def origin() -> Iterator[Origin]:
     with Origin(etag='"v1"') as server:
@@ -73,9 +86,7 @@ def test_full_cycle(tmp_path: Path, redis_url: str, queue_name: str, origin: Ori
     again = watcher("sync", cwd=tmp_path)
     assert "nothing to do" in again.stdout
 
-    run = subprocess.Popen(
-        [WATCHER, "run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    run = start_run(tmp_path)
     try:
         time.sleep(1.5)
         origin.set(etag='"v2"')
@@ -237,14 +248,7 @@ def test_embedded_default(tmp_path: Path, origin: Origin) -> None:
     """No Redis configured: `watcher run` starts the embedded one, says so first, keeps its
     data under .watcher/ between runs."""
     (tmp_path / "watcher.yaml").write_text("resources:\n" + resource("page", origin.url))
-    run = subprocess.Popen(
-        [WATCHER, "run"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"} | {"WATCHER_REDIS_URL": ""},
-    )
+    run = start_run(tmp_path)
     try:
         time.sleep(2.0)
     finally:
@@ -282,9 +286,7 @@ def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
     config = write_config(
         tmp_path / "watcher.yaml", redis_url, queue_name, resource("one", origin.url + "1", "1h")
     )
-    run = subprocess.Popen(
-        [WATCHER, "run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    run = start_run(tmp_path)
     try:
         time.sleep(1.5)
         write_config(

@@ -179,13 +179,8 @@ class CheckRunner:
             await job.upsert_scheduler(every=result.every)
         outcome = "baseline" if result.baseline else "changed" if changed else "unchanged"
         if log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s %s: %s (%.0f ms)",
-                resource.id,
-                outcome,
-                summary,
-                (time.monotonic() - started) * 1000,
-            )
+            said = summary if summary.startswith(outcome) else f"{outcome}: {summary}"
+            log.info("%s %s (%.0f ms)", resource.id, said, (time.monotonic() - started) * 1000)
         return Outcome(
             result={"outcome": outcome, "summary": summary},
             state=None if result.state == job.state else result.state,
