@@ -217,6 +217,19 @@ def test_check_url_shows_conditional_request(tmp_path: Path, origin: Origin) -> 
     assert not (tmp_path / ".watcher").exists()  # no Redis was started
 
 
+def test_check_by_id_uses_the_yaml_resource(tmp_path: Path, origin: Origin) -> None:
+    (tmp_path / "watcher.yaml").write_text(
+        "resources:\n" + resource("page", origin.url + "page", extra="    headers:\n"
+                                   "      Authorization: Bearer sekrit-token\n")
+    )
+    result = watcher("check", "--id", "page", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "304" in result.stdout and "sekrit-token" not in result.stdout
+    assert origin.requests[0].header("authorization") == "Bearer sekrit-token"
+    missing = watcher("check", "--id", "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "no resource 'nope'" in missing.stderr
+
+
 def test_check_failure_exit_1(tmp_path: Path, origin: Origin) -> None:
     origin.set(status=404)
     result = watcher("check", origin.url + "missing", cwd=tmp_path)

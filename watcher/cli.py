@@ -77,7 +77,10 @@ async def open_queue(
     server = None
     if url is None:
         url, server = embedded_redis(announce)
-    queue = Queue.from_url(url, config.queue if config else args.queue)
+    if config:
+        queue = Queue.from_url(url, config.queue, changes_max=config.history_limit)
+    else:
+        queue = Queue.from_url(url, args.queue)
     try:
         await queue.redis.ping()
     except Exception as exc:

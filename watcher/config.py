@@ -60,7 +60,7 @@ Position = tuple[int, int]
 
 DEFAULT_EVERY = 300.0
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-TOP_LEVEL_KEYS = ("redis", "queue", "defaults", "notifiers", "resources")
+TOP_LEVEL_KEYS = ("redis", "queue", "history_limit", "defaults", "notifiers", "resources")
 MAX_SHOWN_ISSUES = 20
 
 
@@ -479,6 +479,8 @@ class Config(_Model):
     redis: RedisUrl | None = None
     """None: use the embedded Redis (``WATCHER_REDIS_URL`` is the CLI's business)."""
     queue: QueueName = "watcher"
+    history_limit: int = Field(default=10_000, gt=0, le=10_000_000)
+    """How many changes the history keeps (the `changes` stream's cap)."""
     notifiers: dict[str, NotifierConfig] = Field(default_factory=dict, validate_default=True)
     """Every defined notifier, including the implicit ``console``."""
     resources: list[ResourceConfig] = Field(default_factory=list)

@@ -8,6 +8,6 @@ if not s[1] or s[1] ~= ARGV[4] or tonumber(ARGV[3]) < tonumber(s[2] or '0') then
   return false
 end
 local t = redis.call('TIME')
-local id = redis.call('XADD', P .. 'changes', 'MAXLEN', '~', ARGV[5], '*', 'resource', ARGV[6], 'change', ARGV[7])
+local id = redis.call('XADD', P .. 'changes', 'MAXLEN', ARGV[5], '*', 'resource', ARGV[6], 'change', ARGV[7])
 redis.call('HSET', sk, 'last_change', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 return id
