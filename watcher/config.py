@@ -17,12 +17,10 @@ import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, available_timezones
 
-import yaml
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
@@ -38,6 +36,16 @@ from pydantic import (
 )
 
 from watcher.masking import mask_headers
+from watcher.yaml_source import (
+    ConfigError,
+    ConfigIssue,
+    Path,
+    Report,
+    SourceMap,
+    load_yaml,
+    show,
+    substitute,
+)
 
 __all__ = [
     "CommandNotifier",
@@ -53,63 +61,10 @@ __all__ = [
     "parse_duration",
 ]
 
-Path = tuple[str | int, ...]
-"""Where a value sits in the document, e.g. ``("resources", 1, "every")``."""
-Position = tuple[int, int]
-"""A 1-based (line, column)."""
 
 DEFAULT_EVERY = 300.0
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 TOP_LEVEL_KEYS = ("redis", "queue", "history_limit", "defaults", "notifiers", "resources")
-MAX_SHOWN_ISSUES = 20
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in the configuration, with where it is."""
-
-    file: str
-    line: int | None
-    column: int | None
-    path: str
-    """The field, e.g. ``resources[1] (id "docs").every``; empty for the whole file."""
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; ``errors`` lists every problem found, in file order.
-
-    A plain message is accepted too: ``ConfigError("no resources", source="watcher.yaml")``.
-    """
-
-    def __init__(self, errors: Iterable[ConfigIssue] | str, source: str = "") -> None:
-        if isinstance(errors, str):
-            errors = [ConfigIssue(source, None, None, "", errors)]
-        unique = dict.fromkeys(errors)
-        self.errors: list[ConfigIssue] = sorted(
-            unique, key=lambda issue: (issue.line or 0, issue.column or 0)
-        )
-        self.source = source
-        super().__init__(self.errors, source)  # so that the error pickles
-
-    def _render(self) -> str:
-        lines = [str(issue) for issue in self.errors[:MAX_SHOWN_ISSUES]]
-        if len(self.errors) > MAX_SHOWN_ISSUES:
-            lines.append(f"... and {len(self.errors) - MAX_SHOWN_ISSUES} more")
-        if len(self.errors) == 1:
-            return lines[0]
-        header = f"{self.source or 'configuration'}: {len(self.errors)} errors"
-        return "\n".join([header, *lines])
-
-    def __str__(self) -> str:
-        return self._render()
 
 
 # ---------------------------------------------------------------------------- durations
@@ -124,7 +79,7 @@ DURATION_HINT = "expected e.g. 30s, 5m, 1h30m, 2d, 500ms or a number of seconds"
 
 def parse_duration(value: str | int | float) -> float:
     """Seconds in ``value``: ``30s``, ``5m``, ``1h30m``, ``2d``, ``500ms`` or a number."""
-    invalid = ValueError(f"invalid duration {_show(value)}; {DURATION_HINT}")
+    invalid = ValueError(f"invalid duration {show(value)}; {DURATION_HINT}")
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise invalid
     if isinstance(value, str):
@@ -149,14 +104,14 @@ def parse_duration(value: str | int | float) -> float:
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
-        raise ValueError(f"must be a duration greater than 0 (got {_show(value)})")
+        raise ValueError(f"must be a duration greater than 0 (got {show(value)})")
     return seconds
 
 
 def _non_negative_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds < 0:
-        raise ValueError(f"must be a duration of 0 or more (got {_show(value)})")
+        raise ValueError(f"must be a duration of 0 or more (got {show(value)})")
     return seconds
 
 
@@ -174,7 +129,7 @@ _CHECK_RE = re.compile(
 def _resource_id(value: str) -> str:
     if not _ID_RE.fullmatch(value):
         raise ValueError(
-            f"invalid id {_show(value)}; expected 1-128 characters from letters, digits"
+            f"invalid id {show(value)}; expected 1-128 characters from letters, digits"
             " and _ . : - (the id is part of Redis keys: no spaces or braces)"
         )
     return value
@@ -183,7 +138,7 @@ def _resource_id(value: str) -> str:
 def _queue_name(value: str) -> str:
     if not _QUEUE_RE.fullmatch(value):
         raise ValueError(
-            f"invalid queue name {_show(value)}; expected 1-64 characters from letters,"
+            f"invalid queue name {show(value)}; expected 1-64 characters from letters,"
             " digits and _ . -"
         )
     return value
@@ -192,7 +147,7 @@ def _queue_name(value: str) -> str:
 def _check_name(value: str) -> str:
     if not _CHECK_RE.fullmatch(value):
         raise ValueError(
-            f"invalid check {_show(value)}; expected a registered name like etag,"
+            f"invalid check {show(value)}; expected a registered name like etag,"
             " or a dotted path like package.module:name"
         )
     return value
@@ -221,7 +176,7 @@ def _http_url(value: Any) -> Any:
     problem = _url_problem(value.strip(), ("http", "https"))
     if problem:
         raise ValueError(
-            f"invalid URL {_show(value)}: {problem}; expected e.g. https://example.com/page"
+            f"invalid URL {show(value)}: {problem}; expected e.g. https://example.com/page"
         )
     return value.strip()
 
@@ -232,7 +187,7 @@ def _redis_url(value: Any) -> Any:
     problem = _url_problem(value.strip(), ("redis", "rediss", "unix"))
     if problem:
         raise ValueError(
-            f"invalid Redis URL {_show(value)}: {problem}; expected e.g. redis://localhost:6379/0"
+            f"invalid Redis URL {show(value)}: {problem}; expected e.g. redis://localhost:6379/0"
         )
     return value.strip()
 
@@ -242,7 +197,7 @@ def _method(value: Any) -> Any:
         return value
     method = value.strip().upper()
     if method not in METHODS:
-        raise ValueError(f"invalid method {_show(value)}; expected one of {', '.join(METHODS)}")
+        raise ValueError(f"invalid method {show(value)}; expected one of {', '.join(METHODS)}")
     return method
 
 
@@ -251,7 +206,7 @@ def _time_zone(value: str) -> str:
         ZoneInfo(value)
     except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
         raise ValueError(
-            f"unknown time zone {_show(value)}{_did_you_mean_zone(value)};"
+            f"unknown time zone {show(value)}{_did_you_mean_zone(value)};"
             " expected an IANA name like UTC or Europe/Paris"
         ) from None
     return value
@@ -270,7 +225,7 @@ def _cron_expression(value: str, tz: str) -> str:
         CronTrigger.from_crontab(expression, timezone=ZoneInfo(tz))
     except ValueError as exc:
         raise ValueError(
-            f"invalid cron expression {_show(value)}: {exc}; expected 5 fields"
+            f"invalid cron expression {show(value)}: {exc}; expected 5 fields"
             ' (minute hour day month day-of-week), e.g. "0 9 * * 1-5"'
         ) from None
     return expression
@@ -279,7 +234,7 @@ def _cron_expression(value: str, tz: str) -> str:
 def _header_name(value: str) -> str:
     if not _HEADER_NAME_RE.fullmatch(value):
         raise ValueError(
-            f"invalid header name {_show(value)}; expected letters, digits and - (no spaces)"
+            f"invalid header name {show(value)}; expected letters, digits and - (no spaces)"
         )
     return value
 
@@ -313,7 +268,7 @@ def _command_line(value: Any) -> Any:
         try:
             value = shlex.split(value)
         except ValueError as exc:
-            raise ValueError(f"cannot split the command {_show(value)}: {exc}") from None
+            raise ValueError(f"cannot split the command {show(value)}: {exc}") from None
     if isinstance(value, list):
         if not value:
             raise ValueError("the command is empty; expected e.g. [notify-send, watcher]")
@@ -485,7 +440,7 @@ class Config(_Model):
     """Every defined notifier, including the implicit ``console``."""
     resources: list[ResourceConfig] = Field(default_factory=list)
     source: str = "watcher.yaml"
-    _source_map: _SourceMap | None = PrivateAttr(default=None)
+    _source_map: SourceMap | None = PrivateAttr(default=None)
 
     @field_validator("notifiers")
     @classmethod
@@ -497,294 +452,11 @@ class Config(_Model):
 
         For problems found after loading, such as a check name that is not registered.
         """
-        source_map = self._source_map or _SourceMap(self.source)
+        source_map = self._source_map or SourceMap(self.source)
         return ConfigError([source_map.issue(path, message)], self.source)
 
 
-# ---------------------------------------------------------------------------- positions
-
-
-def _position(mark: yaml.Mark) -> Position:
-    return mark.line + 1, mark.column + 1
-
-
-_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-@dataclass
-class _SourceMap:
-    """Where each key and value of the document is, and the resource ids by index."""
-
-    filename: str
-    keys: dict[Path, Position] = field(default_factory=dict)
-    values: dict[Path, Position] = field(default_factory=dict)
-    ids: dict[int, str] = field(default_factory=dict)
-
-    def locate(self, path: Path, *, key: bool = False) -> Position | None:
-        if key and path in self.keys:
-            return self.keys[path]
-        for depth in range(len(path), -1, -1):
-            parent = path[:depth]
-            found = self.values.get(parent) or self.keys.get(parent)
-            if found:
-                return found
-        return None
-
-    def describe(self, path: Path) -> str:
-        text = ""
-        for part in path:
-            if isinstance(part, int):
-                text += f"[{part}]"
-                if text == f"resources[{part}]" and part in self.ids:
-                    text += f" (id {_show(self.ids[part])})"
-            elif _PLAIN_KEY_RE.fullmatch(part):
-                text += f".{part}" if text else part
-            else:
-                text += f"[{_show(part)}]"
-        return text
-
-    def issue(
-        self, path: Path, message: str, *, key: bool = False, at: Path | None = None
-    ) -> ConfigIssue:
-        line, column = self.locate(path if at is None else at, key=key) or (None, None)
-        return ConfigIssue(self.filename, line, column, self.describe(path), message)
-
-
-class _Report:
-    """The problems found so far; they are described once all resource ids are known."""
-
-    def __init__(self, filename: str) -> None:
-        self.map = _SourceMap(filename)
-        self.problems: list[tuple[Path, Position | None, str]] = []
-        self.env_failed: set[Path] = set()
-        self.notifiers: dict[str, Any] = {}
-
-    def add(self, path: Path, message: str, *, key: bool = False, at: Path | None = None) -> None:
-        position = self.map.locate(path if at is None else at, key=key)
-        self.problems.append((path, position, message))
-
-    def add_at(self, mark: yaml.Mark, path: Path, message: str) -> None:
-        self.problems.append((path, _position(mark), message))
-
-    def error(self) -> ConfigError:
-        issues = [
-            ConfigIssue(
-                self.map.filename, *(position or (None, None)), self.map.describe(path), msg
-            )
-            for path, position, msg in self.problems
-        ]
-        return ConfigError(issues, self.map.filename)
-
-    def from_env_failure(self, path: Path) -> bool:
-        return any(path[: len(failed)] == failed for failed in self.env_failed)
-
-
-# ---------------------------------------------------------------------------- YAML
-
-
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-# libyaml's parser, where PyYAML was built with it, reads a large file about 20x faster.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _load_yaml(text: str, report: _Report) -> Any:
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        return None if node is None else _Builder(loader, report).build(node, ())
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_syntax_issue(report.map.filename, exc)], report.map.filename) from None
-    except yaml.YAMLError as exc:
-        issue = ConfigIssue(report.map.filename, None, None, "", f"YAML error: {exc}")
-        raise ConfigError([issue], report.map.filename) from None
-    finally:
-        loader.dispose()
-
-
-def _syntax_issue(filename: str, exc: yaml.MarkedYAMLError) -> ConfigIssue:
-    mark = exc.problem_mark or exc.context_mark
-    line, column = _position(mark) if mark else (None, None)
-    message = f"YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"
-    if exc.problem and exc.context and exc.context_mark:
-        context_line, context_column = _position(exc.context_mark)
-        message += f" ({exc.context} at line {context_line}, column {context_column})"
-    hint = _syntax_hint(exc)
-    return ConfigIssue(filename, line, column, "", f"{message}; {hint}" if hint else message)
-
-
-def _syntax_hint(exc: yaml.MarkedYAMLError) -> str | None:
-    problem, context = exc.problem or "", exc.context or ""
-    if "single document" in context:
-        return "a configuration is one YAML document: remove the `---` line"
-    if "alias" in context or "undefined alias" in problem:
-        return 'a value starting with * must be quoted, e.g. cron: "*/5 * * * *"'
-    if "'\\t'" in problem:
-        return "indent with spaces, not tabs"
-    if "mapping values are not allowed" in problem or "expected <block end>" in problem:
-        return "check the indentation, or quote a value that contains ': '"
-    return None
-
-
-def _yaml_problem(exc: Exception) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError):
-        return exc.problem or exc.context or "invalid value"
-    return str(exc)
-
-
-class _Builder:
-    """Builds plain data from composed YAML nodes, recording every key's and value's position.
-
-    Keys are kept as written (``on:`` stays the string "on", not YAML 1.1's True).
-    """
-
-    def __init__(self, loader: yaml.SafeLoader, report: _Report) -> None:
-        self._loader = loader
-        self._report = report
-        self._active: set[int] = set()
-
-    def build(self, node: yaml.Node, path: Path) -> Any:
-        self._report.map.values[path] = _position(node.start_mark)
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
-        if id(node) in self._active:
-            self._report.add_at(node.start_mark, path, "recursive YAML alias")
-            return None
-        self._active.add(id(node))
-        try:
-            if isinstance(node, yaml.SequenceNode):
-                self._check_tag(node, _SEQ_TAG, path)
-                return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
-            self._check_tag(node, _MAP_TAG, path)
-            return self._mapping(node, path)
-        finally:
-            self._active.discard(id(node))
-
-    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
-        try:
-            return self._loader.construct_object(node)
-        except (yaml.YAMLError, ValueError) as exc:
-            self._report.add_at(node.start_mark, path, f"cannot read value: {_yaml_problem(exc)}")
-            return None
-
-    def _check_tag(self, node: yaml.Node, expected: str, path: Path) -> None:
-        if node.tag != expected:
-            self._report.add_at(node.start_mark, path, f"unsupported YAML tag {node.tag}")
-
-    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key_node, value_node in self._pairs(node, path):
-            key = key_node.value
-            self._report.map.keys[(*path, key)] = _position(key_node.start_mark)
-            result[key] = self.build(value_node, (*path, key))
-        return result
-
-    def _pairs(self, node: yaml.MappingNode, path: Path) -> list[tuple[yaml.Node, yaml.Node]]:
-        """The mapping's pairs with ``<<`` merges expanded; later pairs override earlier ones."""
-        merged: list[tuple[yaml.Node, yaml.Node]] = []
-        own: list[tuple[yaml.Node, yaml.Node]] = []
-        first_seen: dict[str, yaml.Mark] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
-                merged.extend(self._merge_sources(value_node, path))
-            elif not isinstance(key_node, yaml.ScalarNode):
-                self._report.add_at(key_node.start_mark, path, "a key must be a plain name")
-            elif key_node.value in first_seen:
-                first_line = first_seen[key_node.value].line + 1
-                self._report.add_at(
-                    key_node.start_mark,
-                    (*path, key_node.value),
-                    f"duplicate key `{key_node.value}` (first defined at line {first_line})",
-                )
-            else:
-                first_seen[key_node.value] = key_node.start_mark
-                own.append((key_node, value_node))
-        return merged + own
-
-    def _merge_sources(self, node: yaml.Node, path: Path) -> list[tuple[yaml.Node, yaml.Node]]:
-        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        pairs: list[tuple[yaml.Node, yaml.Node]] = []
-        # With `<<: [*a, *b]`, keys of *a win over *b: apply the list in reverse.
-        for source in reversed(sources):
-            if not isinstance(source, yaml.MappingNode) or id(source) in self._active:
-                self._report.add_at(source.start_mark, path, "`<<` expects a mapping or a list")
-                continue
-            self._active.add(id(source))
-            try:
-                pairs.extend(self._pairs(source, path))
-            finally:
-                self._active.discard(id(source))
-        return pairs
-
-
-# ---------------------------------------------------------------------------- environment
-
-_ENV_RE = re.compile(r"\$(?:(\$)|\{([^}]*)\}|(\{))")
-_ENV_REF_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
-
-
-def _substitute(value: Any, path: Path, env: Mapping[str, str], report: _Report) -> Any:
-    if isinstance(value, str):
-        return _expand(value, path, env, report)
-    if isinstance(value, dict):
-        return {key: _substitute(item, (*path, key), env, report) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_substitute(item, (*path, i), env, report) for i, item in enumerate(value)]
-    return value
-
-
-def _expand(text: str, path: Path, env: Mapping[str, str], report: _Report) -> str:
-    if "$" not in text:
-        return text
-    problems: list[str] = []
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(1):
-            return "$"
-        if match.group(3):
-            problems.append("unterminated `${`; write $$ for a literal dollar sign")
-            return match.group(0)
-        reference = _ENV_REF_RE.fullmatch(match.group(2))
-        if not reference:
-            problems.append(
-                f"invalid variable reference `{match.group(0)}`;"
-                " expected ${NAME} or ${NAME:-default}"
-            )
-            return match.group(0)
-        name, default = reference.groups()
-        found = env.get(name)
-        if found or (found is not None and default is None):
-            return found
-        if default is not None:
-            return default
-        problems.append(f"environment variable {name} is not set (write ${{{name}:-}} to allow it)")
-        return match.group(0)
-
-    result = _ENV_RE.sub(replace, text)
-    for problem in problems:
-        report.add(path, problem)
-        report.env_failed.add(path)
-    return result
-
-
 # ---------------------------------------------------------------------------- validation
-
-
-def _show(value: Any) -> str:
-    """A short rendering of a value for messages."""
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
@@ -820,7 +492,7 @@ _EXPECTED = {
 class _Validator:
     """Runs pydantic and turns its errors into positioned issues."""
 
-    def __init__(self, report: _Report) -> None:
+    def __init__(self, report: Report) -> None:
         self.report = report
         self.inherited: dict[int, set[str]] = {}
         """Per resource index, the keys that came from `defaults`."""
@@ -878,7 +550,7 @@ class _Validator:
             tag = str(ctx.get("tag", ""))
             suggestion = _did_you_mean(tag, _NOTIFIER_MODELS)
             hint = f" (did you mean `{suggestion}`?)" if suggestion else ""
-            return f"unknown notifier type {_show(tag)}{hint}; expected one of {_notifier_types()}"
+            return f"unknown notifier type {show(tag)}{hint}; expected one of {_notifier_types()}"
         if kind == "union_tag_not_found":
             return f"missing key `type`; expected one of {_notifier_types()}"
         if kind == "greater_than_equal":
@@ -887,7 +559,7 @@ class _Validator:
             message = _EXPECTED.get(kind) or error["msg"].replace("Input should be", "expected")
         if "headers" in path:  # the value may be a secret
             return message
-        message = f"{message} (got {_show(error.get('input'))})"
+        message = f"{message} (got {show(error.get('input'))})"
         if kind == "string_type" and isinstance(error.get("input"), int | float):
             message += "; quote it to make it text"
         return message
@@ -934,9 +606,9 @@ def parse_config(
     text: str, filename: str = "watcher.yaml", env: Mapping[str, str] | None = None
 ) -> Config:
     """Validate configuration text; ``filename`` is used in messages and as ``Config.source``."""
-    report = _Report(filename)
-    data = _load_yaml(text, report)
-    data = _substitute(data, (), os.environ if env is None else env, report)
+    report = Report(filename)
+    data = load_yaml(text, report)
+    data = substitute(data, (), os.environ if env is None else env, report)
     root = _root_mapping(data, report)
     resources = root.get("resources")
     report.map.ids = _resource_ids(resources)
@@ -959,12 +631,12 @@ def parse_config(
     return config
 
 
-def _root_mapping(data: Any, report: _Report) -> dict[str, Any]:
+def _root_mapping(data: Any, report: Report) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
         keys = ", ".join(TOP_LEVEL_KEYS)
-        report.add((), f"expected a mapping with keys {keys} (got {_show(data)})")
+        report.add((), f"expected a mapping with keys {keys} (got {show(data)})")
         return {}
     for key in [key for key in data if key not in TOP_LEVEL_KEYS]:
         report.add((key,), _unknown_key_message(key, TOP_LEVEL_KEYS), key=True)
@@ -988,7 +660,7 @@ def _checked_defaults(raw: Any, validator: _Validator) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        report.add(("defaults",), f"expected a mapping (got {_show(raw)})")
+        report.add(("defaults",), f"expected a mapping (got {show(raw)})")
         return {}
     rejected = {key for key in ("id", "url") if key in raw}
     for key in rejected:
@@ -1032,7 +704,7 @@ def _merge_defaults(defaults: dict[str, Any], resource: Any) -> tuple[Any, set[s
     return merged, {key for key in merged if key not in own}
 
 
-def _check_duplicate_ids(resources: Any, report: _Report) -> None:
+def _check_duplicate_ids(resources: Any, report: Report) -> None:
     first_index: dict[str, int] = {}
     for i, resource_id in _resource_ids(resources).items():
         if resource_id not in first_index:
@@ -1040,10 +712,10 @@ def _check_duplicate_ids(resources: Any, report: _Report) -> None:
             continue
         first = report.map.locate(("resources", first_index[resource_id], "id"))
         where = f" (first defined at line {first[0]})" if first else ""
-        report.add(("resources", i, "id"), f"duplicate id {_show(resource_id)}{where}")
+        report.add(("resources", i, "id"), f"duplicate id {show(resource_id)}{where}")
 
 
-def _check_notifier_references(defaults: dict[str, Any], resources: Any, report: _Report) -> None:
+def _check_notifier_references(defaults: dict[str, Any], resources: Any, report: Report) -> None:
     names = {"console", *report.notifiers}
     _check_notify(("defaults", "notify"), defaults.get("notify"), names, report)
     for i, resource in enumerate(resources if isinstance(resources, list) else []):
@@ -1051,7 +723,7 @@ def _check_notifier_references(defaults: dict[str, Any], resources: Any, report:
             _check_notify(("resources", i, "notify"), resource.get("notify"), names, report)
 
 
-def _check_notify(path: Path, value: Any, names: set[str], report: _Report) -> None:
+def _check_notify(path: Path, value: Any, names: set[str], report: Report) -> None:
     if isinstance(value, str):
         entries: list[tuple[Path, Any]] = [(path, value)]
     elif isinstance(value, list):
@@ -1066,6 +738,6 @@ def _check_notify(path: Path, value: Any, names: set[str], report: _Report) -> N
         hint = f" (did you mean `{suggestion[0]}`?)" if suggestion else ""
         report.add(
             entry_path,
-            f"unknown notifier {_show(name)}{hint}; define it under `notifiers`"
+            f"unknown notifier {show(name)}{hint}; define it under `notifiers`"
             f" (defined: {defined})",
         )
