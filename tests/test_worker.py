@@ -273,3 +273,19 @@ async def _completed(queue: Queue, n: int) -> bool:
 
 async def _failed(queue: Queue, n: int) -> bool:
     return (await queue.counts())["failed"] >= n
+
+
+async def test_unstorable_state_fails_the_job_and_the_worker_goes_on(queue: Queue) -> None:
+    async def bad(job: Job) -> Outcome:
+        return Outcome(state={"when": object()})
+
+    async def good(job: Job) -> str:
+        return "ok"
+
+    bad_id = await queue.add_job("bad", {})
+    await queue.add_job("good", {})
+    async with running(Worker(queue, {"bad": bad, "good": good}, tick=False)):
+        await wait_for(lambda: _completed(queue, 1), 5)
+        await wait_for(lambda: _failed(queue, 1), 5)
+    job = await queue.job(bad_id)
+    assert job["st"] == "failed" and "not JSON-serialisable" in job["err"]

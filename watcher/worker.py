@@ -27,7 +27,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from watcher.queue import KEEP, Fence, Queue, dump_json
+from watcher.queue import KEEP, Fence, Queue, QueueError, dump_json
 from watcher.schedule import Schedule
 
 log = logging.getLogger("watcher.worker")
@@ -248,6 +248,9 @@ class Worker:
                 failures += 1
                 await self._redis_failed(exc, failures)
                 continue
+            except Exception:  # a bug or a script error must not silently stop a loop
+                log.exception("worker step %s failed; retrying in 1 s", step.__name__)
+                pause = 1.0
             failures = 0
             self._redis_ok()
             if pause > 0:
@@ -346,10 +349,11 @@ class Worker:
                 job, "retry", f"{type(exc).__name__}: {exc}", delay=self._backoff(job.attempt)
             )
         else:
-            if isinstance(value, Outcome):
-                self._finish(job, "ok", value.result, state=value.state, report=value.report)
-            else:
-                self._finish(job, "ok", value)
+            outcome = value if isinstance(value, Outcome) else Outcome(result=value)
+            try:
+                self._finish(job, "ok", outcome.result, state=outcome.state, report=outcome.report)
+            except QueueError as exc:  # state that cannot be stored: a handler bug
+                self._finish(job, "fail", f"handler returned {exc}")
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter: base * 2^(attempt-1), capped, then 50-100% of it."""
@@ -406,6 +410,13 @@ class Worker:
                 if self._stop.is_set() and failures > 20:
                     log.error("giving up finishing %d job(s): Redis unreachable", len(batch))
                     return
+                continue
+            except Exception:
+                log.exception(
+                    "finishing %d job(s) failed; they rerun once their leases lapse", len(batch)
+                )
+                for f in batch:
+                    self._held.pop(f.job.id, None)  # stop extending their leases
                 continue
             finally:
                 self._finishing = set()
