@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watcher.config import Config, ResourceConfig
-from watcher.queue import Queue, SchedulerSpec, dump_json
+from watcher.queue import Queue, SchedulerSpec
 from watcher.schedule import Schedule
 
 FIELDS = ("name", "data", "spec", "scope", "owner", "overlap")
@@ -70,24 +70,19 @@ def _schedule_text(spec: SchedulerSpec) -> str:
 
 def _changed_fields(spec: SchedulerSpec, current: list[str | None]) -> list[str]:
     name, data, schedule, scope, owner, overlap = current
-    scope, owner, overlap = scope or "", owner or "", overlap or "0"
-    changed = []
+    old: dict[str, Any] = json.loads(data or "{}")
+    changed = {key for key in old.keys() | spec.data.keys() if old.get(key) != spec.data.get(key)}
     if name != spec.name:
-        changed.append("check")
-    if data != dump_json("data", dict(spec.data)):
-        old: dict[str, Any] = json.loads(data or "{}")
-        changed += sorted(
-            key for key in set(old) | set(spec.data) if old.get(key) != spec.data.get(key)
-        )
+        changed.add("check")
     if schedule != _schedule_text(spec):
-        changed.append("schedule")
-    if overlap != str(int(spec.overlap)):
-        changed.append("overlap")
-    if owner != spec.owner:
-        changed.append("owner")
-    if scope != spec.scope and "url" not in changed and "method" not in changed:
-        changed.append("scope")
-    return sorted(set(changed) - {"check"}) + (["check"] if "check" in changed else [])
+        changed.add("schedule")
+    if (overlap or "0") != str(int(spec.overlap)):
+        changed.add("overlap")
+    if (owner or "") != spec.owner:
+        changed.add("owner")
+    if (scope or "") != spec.scope and not changed & {"url", "method", "check"}:
+        changed.add("scope")
+    return sorted(changed)
 
 
 async def plan_sync(queue: Queue, config: Config) -> Plan:
