@@ -8,33 +8,11 @@ arq has no bulk enqueue: `enqueue_job` (WATCH/MULTI per job) is called from 50 c
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import platform
-import sys
 import time
-import traceback
-from importlib import metadata
+
+from _runner import concurrently, serve_task
 
 ENQUEUE_LANES = 50
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("arq", "redis", "hiredis"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
-
-
-async def concurrently(n: int, lanes: int, fn) -> None:
-    numbers = iter(range(n))
-
-    async def lane() -> None:
-        for i in numbers:
-            await fn(i)
-
-    await asyncio.gather(*(lane() for _ in range(lanes)))
 
 
 async def e2e(task: dict) -> dict:
@@ -92,21 +70,5 @@ async def e2e(task: dict) -> dict:
     }
 
 
-def main() -> None:
-    task = json.loads(sys.argv[1])
-    try:
-        if task["mode"] == "versions":
-            result: dict = {"versions": versions()}
-        elif task["mode"] == "e2e":
-            result = asyncio.run(e2e(task))
-        else:
-            raise ValueError(f"unknown mode {task['mode']!r}")
-    except Exception as exc:
-        traceback.print_exc()
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
-        sys.exit(1)
-    print(json.dumps({"ok": True, **result}), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    serve_task(("arq", "redis", "hiredis"), {"e2e": e2e})

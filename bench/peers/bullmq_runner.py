@@ -11,34 +11,12 @@ Python port gives each Queue a single connection, so these calls share it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import platform
-import sys
 import time
-import traceback
-from importlib import metadata
+
+from _runner import concurrently, serve_task
 
 BATCH = 1000
 LANES = 50
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("bullmq", "redis", "hiredis"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
-
-
-async def concurrently(n: int, lanes: int, fn) -> None:
-    numbers = iter(range(n))
-
-    async def lane() -> None:
-        for i in numbers:
-            await fn(i)
-
-    await asyncio.gather(*(lane() for _ in range(lanes)))
 
 
 async def e2e(task: dict) -> dict:
@@ -139,22 +117,5 @@ async def schedulers(task: dict) -> dict:
     }
 
 
-def main() -> None:
-    task = json.loads(sys.argv[1])
-    modes = {"e2e": e2e, "schedulers": schedulers}
-    try:
-        if task["mode"] == "versions":
-            result: dict = {"versions": versions()}
-        elif task["mode"] in modes:
-            result = asyncio.run(modes[task["mode"]](task))
-        else:
-            raise ValueError(f"unknown mode {task['mode']!r}")
-    except Exception as exc:
-        traceback.print_exc()
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
-        sys.exit(1)
-    print(json.dumps({"ok": True, **result}), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    serve_task(("bullmq", "redis", "hiredis"), {"e2e": e2e, "schedulers": schedulers})

@@ -9,24 +9,12 @@ rq's worker logs to stdout: its level is set to WARNING so that the JSON line st
 
 from __future__ import annotations
 
-import contextlib
-import json
-import platform
-import sys
 import time
-import traceback
-from importlib import metadata
+
+from _runner import serve_task
 
 BATCH = 1000
 STATE = {"count": 0, "n": 0, "t_done": 0.0}
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("rq", "redis", "hiredis"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
 
 
 def noop(i: int) -> None:
@@ -70,21 +58,5 @@ def e2e(task: dict) -> dict:
     }
 
 
-def main() -> None:
-    task = json.loads(sys.argv[1])
-    try:
-        if task["mode"] == "versions":
-            result: dict = {"versions": versions()}
-        elif task["mode"] == "e2e":
-            result = e2e(task)
-        else:
-            raise ValueError(f"unknown mode {task['mode']!r}")
-    except Exception as exc:
-        traceback.print_exc()
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
-        sys.exit(1)
-    print(json.dumps({"ok": True, **result}), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    serve_task(("rq", "redis", "hiredis"), {"e2e": e2e})
