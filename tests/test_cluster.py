@@ -298,17 +298,6 @@ async def finished_results(queue: Queue) -> list[str]:
 # -- gaps in watcher's code -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "watcher.cli.open_queue -> Queue.from_url always builds a standalone "
-        "redis.asyncio.Redis: on a cluster, a node that does not serve the queue's slot "
-        "answers MOVED to every key command, so `watcher status/sync/run/worker/history` "
-        "with --redis, WATCHER_REDIS_URL or `redis:` naming a cluster node fail with "
-        "'error: MovedError: ...'"
-    ),
-)
 async def test_cli_reaches_a_queue_on_a_cluster(
     redis_cluster: LocalCluster, cluster_client: RedisCluster, tmp_path: Path
 ) -> None:
@@ -334,16 +323,6 @@ def time_calls(port: int) -> int:
         return int(node.info("commandstats").get("cmdstat_time", {}).get("calls", 0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "Queue.now_ms sends TIME, a keyless command that RedisCluster sends to its default "
-        "node, not to the node that serves the queue's slot and whose clock every Lua script "
-        "reads: upsert/write_back compute fire times on one node's clock that due/fire "
-        "compare with another's (the 'Redis server time everywhere' guarantee)"
-    ),
-)
 async def test_now_ms_reads_the_clock_the_scripts_read(
     redis_cluster: LocalCluster, cluster_client: RedisCluster
 ) -> None:

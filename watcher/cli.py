@@ -77,14 +77,12 @@ async def open_queue(
     server = None
     if url is None:
         url, server = embedded_redis(announce)
-    if config:
-        queue = Queue.from_url(url, config.queue, changes_max=config.history_limit)
-    else:
-        queue = Queue.from_url(url, args.queue)
     try:
-        await queue.redis.ping()
+        if config:
+            queue = await Queue.connect(url, config.queue, changes_max=config.history_limit)
+        else:
+            queue = await Queue.connect(url, args.queue)
     except Exception as exc:
-        await queue.close()
         if server:
             server.stop()
         raise CommandError(f"cannot reach Redis at {_safe_url(url)}: {exc}") from None

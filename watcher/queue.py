@@ -28,7 +28,8 @@ cluster slot, so every script runs unchanged on Redis Cluster.
   changes          STREAM the change history (capped, configurable)
   workers          ZSET   worker id -> last heartbeat (ms);  worker:<id> HASH its details
 
-Time is Redis server time (TIME) everywhere, so workers with skewed clocks agree.
+Time is Redis server time (TIME) everywhere, so workers with skewed clocks agree: on a
+cluster, the clock of the node that holds the queue (now.lua), the one the scripts read.
 """
 
 from __future__ import annotations
@@ -174,9 +175,16 @@ class Queue:
         "recover",
         "release",
         "change",
+        "now",
     )
 
-    def __init__(self, redis: aioredis.Redis, name: str = "watcher", *, changes_max: int = 10_000):
+    def __init__(
+        self,
+        redis: aioredis.Redis | aioredis.RedisCluster,
+        name: str = "watcher",
+        *,
+        changes_max: int = 10_000,
+    ):
         if not QUEUE_PATTERN.fullmatch(name):
             raise QueueError(f"invalid queue name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
         self.redis = redis
@@ -188,11 +196,32 @@ class Queue:
         }
 
     @classmethod
-    def from_url(cls, url: str, name: str = "watcher", **kwargs: Any) -> Queue:
-        client = aioredis.Redis.from_url(
+    def from_url(
+        cls, url: str, name: str = "watcher", *, cluster: bool = False, **kwargs: Any
+    ) -> Queue:
+        """A queue on the Redis at `url`; `cluster=True` for a Redis Cluster (any node's URL)."""
+        client_class = aioredis.RedisCluster if cluster else aioredis.Redis
+        client = client_class.from_url(
             url, decode_responses=True, health_check_interval=0, socket_keepalive=True
         )
         return cls(client, name, **kwargs)
+
+    @classmethod
+    async def connect(
+        cls, url: str, name: str = "watcher", *, cluster: bool | None = None, **kwargs: Any
+    ) -> Queue:
+        """Like `from_url`, checked reachable; unless `cluster` says, asks the server whether
+        it is a cluster node (INFO cluster), so one URL works for either."""
+        queue = cls.from_url(url, name, cluster=bool(cluster), **kwargs)
+        try:
+            if cluster is None and (await queue.redis.info("cluster")).get("cluster_enabled"):
+                await queue.close()
+                queue = cls.from_url(url, name, cluster=True, **kwargs)
+            await queue.redis.ping()
+        except BaseException:
+            await queue.close()
+            raise
+        return queue
 
     def key(self, part: str) -> str:
         return self.prefix + part
@@ -204,7 +233,9 @@ class Queue:
         await self.redis.aclose()
 
     async def now_ms(self) -> int:
-        seconds, micros = await self.redis.time()
+        """Server time (ms) of the node holding the queue: a bare TIME has no key, and a
+        cluster client would send it to any node."""
+        seconds, micros = await self.run_script("now", "id", [])
         return int(seconds) * 1000 + int(micros) // 1000
 
     # -- schedulers ---------------------------------------------------------------------
@@ -336,8 +367,12 @@ class Queue:
     async def scheduler_ids(self) -> list[str]:
         """Every scheduler id, including ended ones (not in the `schedulers` ZSET)."""
         prefix = self.key("scheduler:")
-        ids = [key[len(prefix) :] async for key in self.redis.scan_iter(f"{prefix}*", count=1000)]
-        return sorted(ids)
+        where: dict[str, Any] = {}
+        if isinstance(self.redis, aioredis.RedisCluster):  # one slot: scan its node only
+            await self.redis.initialize()
+            where["target_nodes"] = self.redis.get_node_from_key(prefix)
+        keys = self.redis.scan_iter(f"{prefix}*", count=1000, **where)
+        return sorted([key[len(prefix) :] async for key in keys])
 
     async def scheduler_fields(
         self, fields: Sequence[str], ids: Sequence[str] | None = None
