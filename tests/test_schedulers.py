@@ -8,6 +8,7 @@ import multiprocessing
 import pytest
 
 from watcher.queue import Queue, QueueError, SchedulerSpec
+from watcher.schedule import phase_ms
 from watcher.worker import Worker
 
 from .helpers import running, wait_for
@@ -35,7 +36,8 @@ async def test_data_change_keeps_phase_schedule_change_recomputes(queue: Queue) 
     changed = await queue.get_scheduler("a")
     assert changed is not None
     assert changed.schedule.every_ms == 3_600_000
-    assert changed.next_fire_ms != before.next_fire_ms
+    assert changed.next_fire_ms is not None  # recomputed: on the new schedule's slots
+    assert (changed.next_fire_ms - phase_ms("a", 3_600_000)) % 3_600_000 == 0
 
 
 async def test_scope_change_resets_state(queue: Queue) -> None:
