@@ -23,11 +23,13 @@ async def test_changes_newest_first_per_resource_and_capped(
 ) -> None:
     queue = Queue.from_url(redis_url, queue_name, changes_max=5)
     try:
+        epochs = {}
         for id in ("a", "b"):
             await queue.upsert_scheduler(id, name="etag", every=60)
+            epochs[id] = (await queue.get_scheduler(id)).epoch  # type: ignore[union-attr]
         for n in range(1, 5):
-            assert await queue.record_change("a", Fence(n, 1), change("a", n))
-            assert await queue.record_change("b", Fence(n, 1), change("b", n))
+            for id in ("a", "b"):
+                assert await queue.record_change(id, Fence(n, epochs[id]), change(id, n))
         assert [c.summary for c in await queue.changes("a")] == ["#4", "#3"]  # cap 5 of 8
         assert [c.summary for c in await queue.changes(limit=3)] == ["#4", "#4", "#3"]
         assert await queue.redis.xlen(queue.key("changes")) == 5

@@ -103,23 +103,61 @@ async def test_no_overlap_skips_and_counts(queue: Queue) -> None:
 
 
 async def test_fencing_slow_old_run_cannot_overwrite_newer_state(queue: Queue) -> None:
+    """Run 1 is held until run 2 has written its state and no run follows; run 1's late
+    write-back must then be fenced off."""
     await queue.upsert_scheduler("res", name="check", every=0.1, overlap=True)
-    order: list[int] = []
+    release_first = asyncio.Event()
+    finished: list[int] = []
 
     async def handler(job: Job) -> Outcome:
-        n = len(order) + 1
-        order.append(n)
-        if n == 1:
-            await asyncio.sleep(0.5)  # the old run: finishes after newer runs wrote
-        return Outcome(state={"run": n})
+        run = job.fence.seq if job.fence else 0
+        if run == 1:
+            await release_first.wait()
+        finished.append(run)
+        return Outcome(state={"run": run})
 
     async with running(Worker(queue, {"check": handler}, concurrency=10)):
-        await wait_for(lambda: _ran(order, 4), 5)
-        await asyncio.sleep(0.6)
+        await wait_for(lambda: _state_is_newer_than(queue, 1), 5)
+        await queue.redis.zadd(queue.key("schedulers"), {"res": 2**50})  # no more runs
+        await asyncio.sleep(0.3)  # let runs already fired finish
+        newest = (await queue.get_scheduler("res")).state["run"]  # type: ignore[union-attr]
+        release_first.set()
+        await wait_for(lambda: _ran(finished, newest), 5)
+        await wait_for(lambda: _no_active(queue), 5)
     info = await queue.get_scheduler("res")
     assert info is not None
-    assert info.state["run"] > 1  # run 1 finished last but was fenced off
-    assert info.state["run"] == max(order) or info.state["run"] >= 4
+    assert 1 in finished and finished[-1] == 1  # the old run really finished last
+    assert info.state == {"run": newest}
+
+
+async def _state_is_newer_than(queue: Queue, run: int) -> bool:
+    info = await queue.get_scheduler("res")
+    return info is not None and info.state.get("run", 0) > run
+
+
+async def _no_active(queue: Queue) -> bool:
+    return (await queue.counts())["active"] == 0
+
+
+async def test_run_of_a_removed_and_recreated_scheduler_is_fenced(queue: Queue) -> None:
+    """A run in flight when its scheduler is removed and created again (a resource disabled
+    and enabled) must not write the old life's state into the new one."""
+    await queue.upsert_scheduler("res", name="check", every=0.1)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(job: Job) -> Outcome:
+        started.set()
+        await release.wait()
+        return Outcome(state={"etag": "old-life"})
+
+    async with running(Worker(queue, {"check": handler})):
+        await started.wait()
+        await queue.remove_scheduler("res")
+        await queue.upsert_scheduler("res", name="check", every=3600)
+        release.set()
+        await wait_for(lambda: _completed(queue, 1), 5)
+    info = await queue.get_scheduler("res")
+    assert info is not None and info.state == {}
 
 
 async def test_fencing_state_reset_by_reconfiguration(queue: Queue) -> None:

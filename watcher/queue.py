@@ -22,6 +22,8 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           seq, epoch, created, started, finished, res, err (TTL once finished)
   finished         LIST   the newest finished job ids, capped
   id               STRING job id counter
+  epochs           STRING state epoch counter (queue-wide: a re-created scheduler never
+                          reuses an epoch a run in flight could carry)
   stat:completed / stat:failed   STRING counters
   events           STREAM removed schedulers, skipped ticks, retries, failures, stalled
                           jobs (capped ~10,000)

@@ -190,7 +190,13 @@ class Worker:
             await fetch
             await self._drain()
             self._finish_wanted.set()
-            await asyncio.wait_for(self._flush_all(), timeout=max(self.grace, 1.0))
+            try:
+                await asyncio.wait_for(self._flush_all(), timeout=max(self.grace, 1.0))
+            except TimeoutError:
+                log.error(
+                    "stopped before finishing %d job(s): their leases lapse and they rerun",
+                    len(self._finished),
+                )
         finally:
             for task in tasks:
                 task.cancel()
@@ -211,7 +217,7 @@ class Worker:
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
-        finishing = {f.job.id for f in self._finished}
+        finishing = {f.job.id for f in self._finished} | self._finishing
         returned = [job for job in self._held.values() if job.id not in finishing]
         args: list[Any] = []
         for job in returned:
@@ -452,8 +458,6 @@ class Worker:
         args: list[Any] = []
         for b in range(2, len(reply), 4):
             sid, score, spec, slot = reply[b : b + 4]
-            if not spec:
-                continue
             schedule = Schedule.decode(spec)
             nxt = schedule.next_slot(sid, now, int(slot) if slot else int(float(score)))
             fire_at = "" if nxt is None else schedule.fire_time(nxt)
@@ -475,7 +479,9 @@ class Worker:
             await self._extend_leases()
             await self._heartbeat()
             self._last_extend = time.monotonic()
-        recovered = await self.queue.run_script("recover", "active", [1000])
+        recovered = await self.queue.run_script(
+            "recover", "active", [1000, self.keep_ms, self.finished_cap]
+        )
         if recovered:
             log.warning("recovered %d job(s) whose lease expired", recovered)
         return min(1.0, self.lease_ms / 3000)

@@ -11,9 +11,13 @@ local out = {now, after[2] or ''}
 if #due >= 2 * limit then out[2] = now end
 for i = 1, #due, 2 do
   local s = redis.call('HMGET', P .. 'scheduler:' .. due[i], 'spec', 'slot')
-  out[#out + 1] = due[i]
-  out[#out + 1] = due[i + 1]
-  out[#out + 1] = s[1] or ''
-  out[#out + 1] = s[2] or ''
+  if s[1] then
+    out[#out + 1] = due[i]
+    out[#out + 1] = due[i + 1]
+    out[#out + 1] = s[1]
+    out[#out + 1] = s[2] or ''
+  else
+    redis.call('ZREM', P .. 'schedulers', due[i]) -- an entry without its hash never runs
+  end
 end
 return out

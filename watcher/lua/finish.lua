@@ -20,13 +20,15 @@ for b = 5, #ARGV, 7 do
     local code = 1
     redis.call('ZREM', P .. 'active', jid)
     local sk = j[2] ~= '' and (P .. 'scheduler:' .. j[2]) or nil
-    if sk and redis.call('EXISTS', sk) == 0 then sk = nil end
+    -- A run of an earlier epoch (the scheduler was reset, or removed and created again)
+    -- leaves the scheduler's failures, report and state alone.
+    local current = sk ~= nil and redis.call('HGET', sk, 'epoch') == j[6]
     if kind == 'retry' and tonumber(j[3]) < tonumber(j[4]) then
       redis.call('HSET', jk, 'st', 'delayed', 'token', '', 'err', payload)
       redis.call('ZADD', P .. 'delayed', now + tonumber(delay), jid)
       redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', 'retry', 'job', jid,
         'scheduler', j[2], 'attempt', j[3], 'delay', delay, 'error', payload)
-      if sk then redis.call('HINCRBY', sk, 'fails', 1) end
+      if current then redis.call('HINCRBY', sk, 'fails', 1) end
     else
       if kind == 'ok' then
         redis.call('HSET', jk, 'st', 'done', 'token', '', 'res', payload, 'finished', now)
@@ -40,21 +42,21 @@ for b = 5, #ARGV, 7 do
       redis.call('PEXPIRE', jk, (kind == 'ok' and j[2] ~= '') and keep_runs or keep)
       redis.call('LPUSH', P .. 'finished', jid)
       redis.call('LTRIM', P .. 'finished', 0, cap - 1)
-      if sk then
-        if redis.call('HGET', sk, 'active') == jid then redis.call('HSET', sk, 'active', '') end
+      if sk and redis.call('HGET', sk, 'active') == jid then redis.call('HSET', sk, 'active', '') end
+      if current then
         if kind == 'ok' then redis.call('HDEL', sk, 'fails') else redis.call('HINCRBY', sk, 'fails', 1) end
-        if kind == 'ok' and state ~= '~' then
-          local s = redis.call('HMGET', sk, 'epoch', 'wseq')
-          if s[1] == j[6] and tonumber(j[5]) >= tonumber(s[2] or '0') then
-            redis.call('HSET', sk, 'state', state, 'wseq', j[5])
-            redis.call('HINCRBY', sk, 'rev', 1)
-          else
-            code = 2
-          end
+      end
+      if kind == 'ok' and state ~= '~' then
+        local wseq = current and redis.call('HGET', sk, 'wseq') or nil
+        if current and tonumber(j[5]) >= tonumber(wseq or '0') then
+          redis.call('HSET', sk, 'state', state, 'wseq', j[5])
+          redis.call('HINCRBY', sk, 'rev', 1)
+        else
+          code = 2
         end
       end
     end
-    if sk and report ~= '~' then redis.call('HSET', sk, 'report', report) end
+    if current and report ~= '~' then redis.call('HSET', sk, 'report', report) end
     out[#out + 1] = code
   end
 end

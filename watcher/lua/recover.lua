@@ -1,7 +1,8 @@
 -- Recover jobs whose lease expired (their worker died or lost Redis for too long): back to
 -- the front of wait with a new token on the next take, or failed once attempts are used up.
--- KEYS[1] = active ZSET. ARGV: prefix, max jobs. Returns the number recovered.
-local P, limit = ARGV[1], tonumber(ARGV[2])
+-- KEYS[1] = active ZSET. ARGV: prefix, max jobs, keep ms, finished cap. Returns the number
+-- recovered.
+local P, limit, keep, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = redis.call('ZRANGEBYSCORE', P .. 'active', '-inf', now, 'LIMIT', 0, limit)
@@ -14,6 +15,9 @@ for _, jid in ipairs(expired) do
     if tonumber(j[1]) >= tonumber(j[2]) then
       redis.call('HSET', jk, 'st', 'failed', 'token', '', 'err', 'lease expired on every attempt', 'finished', now)
       redis.call('INCR', P .. 'stat:failed')
+      redis.call('PEXPIRE', jk, keep)
+      redis.call('LPUSH', P .. 'finished', jid)
+      redis.call('LTRIM', P .. 'finished', 0, cap - 1)
       local sk = P .. 'scheduler:' .. j[3]
       if j[3] ~= '' and redis.call('HGET', sk, 'active') == jid then
         redis.call('HSET', sk, 'active', '')

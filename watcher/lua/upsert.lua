@@ -5,7 +5,9 @@
 --   first (the first fire time when created, "" = next: "run immediately" passes now)
 -- "~" means "not given, keep". fence is "" (a configuration upsert) or "seq:epoch" (a run
 -- writing back: applied only if the scheduler's state epoch is unchanged and no newer run
--- wrote first). A changed scope resets the state and bumps the epoch, fencing off old runs.
+-- wrote first). A changed scope resets the state and takes a new epoch, fencing off old runs.
+-- Epochs come from one queue-wide counter, so a scheduler removed and created again never
+-- reuses an epoch that a run still in flight could carry.
 local P = ARGV[1]
 local rows = cjson.decode(ARGV[2])
 local t = redis.call('TIME')
@@ -18,7 +20,7 @@ local function set_next(key, id, nxt, slot)
   if slot == nxt then redis.call('HDEL', key, 'slot') else redis.call('HSET', key, 'slot', slot) end
 end
 -- Fields not stored while at these values (HMGET returns nil for them).
-local DEFAULT = {name = '', data = '{}', owner = '', overlap = '0', limit = '0', attempts = '3', scope = ''}
+local DEFAULT = {owner = '', overlap = '0', limit = '0', attempts = '3', scope = ''}
 for _, row in ipairs(rows) do
   local id, name, data, spec, nxt, slot = row[1], row[2], row[3], row[4], row[5], row[6]
   local scope, owner, overlap, limit, attempts = row[7], row[8], row[9], row[10], row[11]
@@ -48,7 +50,8 @@ for _, row in ipairs(rows) do
   elseif not exists then
     -- fields at their default value are not stored: an idle scheduler stays small
     if first ~= '' then nxt, slot = first, first end
-    redis.call('HSET', key, 'name', name, 'data', data, 'spec', spec, 'epoch', 1, 'rev', 1,
+    local epoch = redis.call('INCR', P .. 'epochs')
+    redis.call('HSET', key, 'name', name, 'data', data, 'spec', spec, 'epoch', epoch, 'rev', 1,
       'created', now)
     if state ~= K and state ~= '{}' then redis.call('HSET', key, 'state', state) end
     local optional = {scope = scope, owner = owner, overlap = overlap, limit = limit, attempts = attempts}
@@ -76,7 +79,7 @@ for _, row in ipairs(rows) do
     if scope ~= K and scope ~= (cur[7] or '') then
       redis.call('HSET', key, 'scope', scope)
       redis.call('HDEL', key, 'state')
-      redis.call('HINCRBY', key, 'epoch', 1)
+      redis.call('HSET', key, 'epoch', redis.call('INCR', P .. 'epochs'))
       changed = true
     elseif state ~= K then
       redis.call('HSET', key, 'state', state)
@@ -88,7 +91,7 @@ for _, row in ipairs(rows) do
       changed = true
     end
     if changed then
-      local rev = redis.call('HINCRBY', key, 'rev', 1)
+      redis.call('HINCRBY', key, 'rev', 1)
       redis.call('HSET', key, 'updated', now)
       out[#out + 1] = 'updated'
     else
