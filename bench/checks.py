@@ -82,7 +82,7 @@ def machine_busy_seconds() -> float:
 
 
 def resource_data(origin: str, i: int) -> dict[str, Any]:
-    """A scheduler's template data, as watcher.runner.resource_from reads it."""
+    """A scheduler's template data, as watcher.check.Resource.from_template reads it."""
     return {
         "id": f"r{i}",
         "url": f"{origin}/r/{i}",
@@ -709,7 +709,7 @@ def profile_report(path: Path, checks: int, row: Row) -> list[str]:
         ("watcher/worker.py", "_run"): "run: handler (check) + _finish",
         ("watcher/runner.py", "run"): "run: CheckRunner.run",
         ("watcher/runner.py", "_complete"): "run: CheckRunner._complete",
-        ("watcher/runner.py", "resource_from"): "run: resource_from",
+        ("watcher/check.py", "from_template"): "run: Resource.from_template",
         ("checks/etag.py", "check"): "run: etag check",
         ("checks/_http.py", "_send"): "run: build_request + client.send",
         ("httpx/_client.py", "build_request"): "run: httpx build_request",

@@ -18,8 +18,6 @@ from watcher.check import CheckContext, CheckFailed, TransientCheckError
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Never forwarded to another origin when following a redirect.
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 @asynccontextmanager
@@ -49,8 +47,8 @@ async def stream(
         if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
             method = "GET"
         if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
-            secret = CREDENTIAL_HEADERS | {name.lower() for name in resource.secret_headers}
-            sent = {name: value for name, value in sent.items() if name.lower() not in secret}
+            # credentials are never forwarded to another origin
+            sent = {name: value for name, value in sent.items() if not resource.is_secret(name)}
         hops.append(target)
         url = target
 

@@ -219,13 +219,21 @@ def test_check_url_shows_conditional_request(tmp_path: Path, origin: Origin) -> 
 
 def test_check_by_id_uses_the_yaml_resource(tmp_path: Path, origin: Origin) -> None:
     (tmp_path / "watcher.yaml").write_text(
-        "resources:\n" + resource("page", origin.url + "page", extra="    headers:\n"
-                                   "      Authorization: Bearer sekrit-token\n")
+        "resources:\n"
+        + resource(
+            "page",
+            origin.url + "page",
+            extra="    headers:\n      Authorization: Bearer sekrit-token\n",
+        )
     )
     result = watcher("check", "--id", "page", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "304" in result.stdout and "sekrit-token" not in result.stdout
     assert origin.requests[0].header("authorization") == "Bearer sekrit-token"
+    origin.set(status=403, reason="Forbidden for {authorization}")  # a server echoing it
+    echoed = watcher("check", "--id", "page", cwd=tmp_path)
+    assert echoed.returncode == 1 and "Forbidden for ***" in echoed.stdout
+    assert "sekrit-token" not in echoed.stdout + echoed.stderr
     missing = watcher("check", "--id", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "no resource 'nope'" in missing.stderr
 

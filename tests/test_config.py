@@ -208,7 +208,7 @@ def test_yaml_anchors_and_merge_keys() -> None:
     ]
 
 
-def test_identity_changes_with_url_method_and_check_only() -> None:
+def test_identity_changes_with_what_the_state_depends_on() -> None:
     base = ResourceConfig(id="a", url="https://a.example/", every="5m")
     assert base.identity() == ResourceConfig(id="a", url="https://a.example/").identity()
     assert base.identity() == base.model_copy(update={"timeout": 99.0}).identity()
@@ -217,6 +217,10 @@ def test_identity_changes_with_url_method_and_check_only() -> None:
     assert ResourceConfig(id="a", url="https://a.example/x").identity() != base.identity()
     assert ResourceConfig(id="a", url=base.url, method="HEAD").identity() != base.identity()
     assert ResourceConfig(id="a", url=base.url, check="status").identity() != base.identity()
+    accept = {"Accept": "application/json"}
+    assert ResourceConfig(id="a", url=base.url, headers=accept).identity() != base.identity()
+    regex = {"regex": "v(\\d+)"}
+    assert ResourceConfig(id="a", url=base.url, options=regex).identity() != base.identity()
     assert len(base.identity()) == 16
 
 

@@ -83,3 +83,9 @@ def test_format_duration() -> None:
     assert format_duration(0.2) == "200ms"
     assert format_duration(90) == "1m30s"
     assert format_duration(5400) == "1h30m"
+
+
+def test_cron_respects_start() -> None:
+    s = Schedule.build(cron="0 * * * *", start=NOW / 1000 + 3 * 3600)
+    slot = s.next_slot("a", NOW)
+    assert slot is not None and slot >= NOW + 3 * 3_600_000

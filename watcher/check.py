@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from watcher import masking
+
 ENTRY_POINT_GROUP = "watcher.checks"
 
 
@@ -29,6 +31,27 @@ class Resource:
     timeout: float = 10.0
     options: Mapping[str, Any] = field(default_factory=dict)
     secret_headers: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_template(cls, data: Mapping[str, Any]) -> Resource:
+        """From a scheduler's template data (what `watcher sync` stores)."""
+        return cls(
+            id=data["id"],
+            url=data["url"],
+            method=data.get("method", "GET"),
+            headers=dict(data.get("headers") or {}),
+            timeout=float(data.get("timeout", 10.0)),
+            options=dict(data.get("options") or {}),
+            secret_headers=frozenset(data.get("secret_headers") or ()),
+        )
+
+    def is_secret(self, header: str) -> bool:
+        """Authorization, cookies, API keys and the resource's `secret_headers`."""
+        return masking.is_secret(header, self.secret_headers)
+
+    def redact(self, text: str) -> str:
+        """`text` with this resource's secret header values masked (for anything shown)."""
+        return masking.redact(text, self.headers, self.secret_headers)
 
 
 class SchedulerUpsert(Protocol):

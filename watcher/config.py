@@ -413,8 +413,13 @@ class ResourceConfig(_Model):
         return _cron_expression(value, info.data.get("tz", "UTC"))
 
     def identity(self) -> str:
-        """A short hash of what the stored validators depend on: url, method and check."""
-        payload = json.dumps([self.url, self.method, self.check], separators=(",", ":"))
+        """A short hash of what the stored state depends on: url, method, check, the request
+        headers and the check's options (a new regex or Accept makes old validators moot)."""
+        payload = json.dumps(
+            [self.url, self.method, self.check, self.headers, self.options],
+            separators=(",", ":"),
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def template(self) -> dict[str, Any]:

@@ -22,3 +22,23 @@ def mask_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dict[
         name: (MASK if name.lower() in ALWAYS_SECRET or name.lower() in secret else value)
         for name, value in headers.items()
     }
+
+
+def secret_values(headers: Mapping[str, str], extra: Iterable[str] = ()) -> list[str]:
+    """The secret header values worth hiding: each whole value, and the credential after an
+    auth scheme ("Bearer <token>"), so a server echoing only the token is caught too."""
+    found = []
+    for name, value in headers.items():
+        if is_secret(name, extra) and len(value) >= 4:
+            found.append(value)
+            scheme, _, credential = value.partition(" ")
+            if credential and len(credential) >= 4 and scheme.isalpha():
+                found.append(credential)
+    return sorted(found, key=len, reverse=True)  # longest first: the whole value wins
+
+
+def redact(text: str, headers: Mapping[str, str], extra: Iterable[str] = ()) -> str:
+    """`text` with every secret header value in it replaced by ``***``."""
+    for value in secret_values(headers, extra):
+        text = text.replace(value, MASK)
+    return text

@@ -13,12 +13,11 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from watcher.check import CheckContext, CheckFailed, CheckResult
+from watcher.check import CheckContext, CheckFailed, CheckResult, Resource
 from watcher.http import make_client
-from watcher.masking import mask_headers
 from watcher.registry import load_check
-from watcher.runner import resource_from
 
 CONDITIONAL = ("if-none-match", "if-modified-since")
 SHOWN_RESPONSE_HEADERS = ("etag", "last-modified", "content-type", "content-length", "location")
@@ -32,7 +31,7 @@ async def check_once(
     console: Console, template: Mapping[str, Any], check_name: str, transport: str
 ) -> int:
     check = load_check(check_name, resource=str(template["id"]))
-    resource = resource_from(template)
+    resource = Resource.from_template(template)
     exchanges: list[tuple[httpx.Request, httpx.Response]] = []
 
     async def on_response(response: httpx.Response) -> None:
@@ -50,12 +49,13 @@ async def check_once(
             try:
                 result = await check(ctx)
             except CheckFailed as exc:
-                _show_exchanges(console, label, exchanges, resource.secret_headers)
-                console.print(f"[bold red]{label}: failed:[/] {exc.reason}")
+                _show_exchanges(console, label, exchanges, resource)
+                reason = resource.redact(exc.reason)
+                console.print(Text.assemble((f"{label}: failed:", "bold red"), f" {reason}"))
                 failed = True
                 break
-            _show_exchanges(console, label, exchanges, resource.secret_headers)
-            _show_result(console, label, result)
+            _show_exchanges(console, label, exchanges, resource)
+            _show_result(console, label, result, resource)
             state = result.state
     return 1 if failed else 0
 
@@ -64,8 +64,9 @@ def _show_exchanges(
     console: Console,
     label: str,
     exchanges: list[tuple[httpx.Request, httpx.Response]],
-    secret: frozenset[str],
+    resource: Resource,
 ) -> None:
+    """What was sent and answered; anything the server echoes is shown redacted."""
     for request, response in exchanges:
         sent = {k: v for k, v in request.headers.items() if k.lower() in CONDITIONAL}
         table = Table(
@@ -74,21 +75,23 @@ def _show_exchanges(
             title_justify="left",
             box=None,
         )
-        table.add_row("status", f"{response.status_code} {response.reason_phrase}")
-        table.add_row("conditional headers sent", _pairs(mask_headers(sent, secret)) or "none")
+        status = f"{response.status_code} {response.reason_phrase}"
+        table.add_row("status", Text(resource.redact(status)))
+        table.add_row("conditional headers sent", Text(_pairs(sent) or "none"))
         received = {
             k: v for k, v in response.headers.items() if k.lower() in SHOWN_RESPONSE_HEADERS
         }
-        table.add_row("validators and headers", _pairs(received) or "none")
+        table.add_row("validators and headers", Text(resource.redact(_pairs(received)) or "none"))
         console.print(table)
 
 
-def _show_result(console: Console, label: str, result: CheckResult) -> None:
+def _show_result(console: Console, label: str, result: CheckResult, resource: Resource) -> None:
     kind = "baseline" if result.baseline else "changed" if result.changed else "unchanged"
     style = {"baseline": "cyan", "changed": "yellow", "unchanged": "green"}[kind]
-    console.print(f"[{style}]{label}: {kind}[/] - {result.summary}", highlight=False)
+    summary = resource.redact(result.summary)
+    console.print(Text.assemble((f"{label}: {kind}", style), f" - {summary}"), highlight=False)
     if result.details:
-        console.print(result.details)
+        console.print(Text(resource.redact(result.details)), highlight=False)
 
 
 def _pairs(headers: Mapping[str, str]) -> str:

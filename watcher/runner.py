@@ -24,7 +24,6 @@ from watcher.check import (
     TransientCheckError,
     validators,
 )
-from watcher.masking import MASK, is_secret
 from watcher.notifiers import Notifier, notify_all
 from watcher.queue import Queue
 from watcher.registry import PluginError, load_check
@@ -62,28 +61,6 @@ class RunStats:
         )
 
 
-def redact(text: str | None, resource: Resource) -> str | None:
-    """Replace the values of secret headers wherever a check echoed them."""
-    if not text:
-        return text
-    for name, value in resource.headers.items():
-        if len(value) >= 4 and is_secret(name, resource.secret_headers):
-            text = text.replace(value, MASK)
-    return text
-
-
-def resource_from(data: Mapping[str, Any]) -> Resource:
-    return Resource(
-        id=data["id"],
-        url=data["url"],
-        method=data.get("method", "GET"),
-        headers=dict(data.get("headers") or {}),
-        timeout=float(data.get("timeout", 10.0)),
-        options=dict(data.get("options") or {}),
-        secret_headers=frozenset(data.get("secret_headers") or ()),
-    )
-
-
 class CheckRunner:
     """Resolves a check name to a handler; one instance per worker process."""
 
@@ -117,7 +94,7 @@ class CheckRunner:
         return found
 
     async def run(self, job: Job) -> Outcome:
-        resource = resource_from(job.data)
+        resource = Resource.from_template(job.data)
         check = self._check(job.name, resource.id)
         ctx = CheckContext(
             resource=resource,
@@ -131,7 +108,7 @@ class CheckRunner:
             result = await check(ctx)
         except TransientCheckError as exc:
             self.stats.add(failed=True)
-            reason = redact(exc.reason, resource) or ""
+            reason = resource.redact(exc.reason)
             log.warning("%s attempt %d failed, will retry: %s", resource.id, job.attempt, reason)
             raise Retry(
                 reason,
@@ -140,17 +117,20 @@ class CheckRunner:
             ) from None
         except CheckFailed as exc:
             self.stats.add(failed=True)
-            reason = redact(exc.reason, resource) or ""
+            reason = resource.redact(exc.reason)
             log.warning("%s failed: %s", resource.id, reason)
             raise Fail(reason, report=_report("failed", reason, exc.status_code, started)) from None
         except httpx.TransportError as exc:  # a plugin that let a network error through
             self.stats.add(failed=True)
-            reason = redact(f"{type(exc).__name__}: {exc}", resource) or ""
+            reason = resource.redact(f"{type(exc).__name__}: {exc}")
             raise Retry(reason, report=_report("retrying", reason, None, started)) from None
         except Exception as exc:
             self.stats.add(failed=True)
-            reason = f"check crashed: {type(exc).__name__}: {redact(str(exc), resource)}"
-            log.exception("resource %s: %s", resource.id, reason)
+            reason = resource.redact(f"check crashed: {type(exc).__name__}: {exc}")
+            # no traceback at INFO: its last line would repeat the unmasked message
+            log.error(
+                "resource %s: %s", resource.id, reason, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
             raise Fail(reason, report=_report("failed", reason, None, started)) from None
         return await self._complete(job, resource, result, started)
 
@@ -159,7 +139,7 @@ class CheckRunner:
     ) -> Outcome:
         changed = result.changed and not result.baseline
         self.stats.add(not_modified=result.not_modified, changed=changed)
-        summary = redact(result.summary, resource) or ""
+        summary = resource.redact(result.summary)
         if changed and job.scheduler_id and job.fence:
             change = Change(
                 resource=resource.id,
@@ -170,7 +150,7 @@ class CheckRunner:
                 new=validators(result.state),
                 status_code=result.status_code,
                 summary=summary,
-                details=redact(result.details, resource),
+                details=resource.redact(result.details) if result.details else None,
             )
             entry = await self.queue.record_change(job.scheduler_id, job.fence, change)
             if entry is not None:

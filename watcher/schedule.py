@@ -146,8 +146,20 @@ def _trigger(schedule: Schedule, scheduler_id: str) -> BaseTrigger:
         None if schedule.start_ms is None else datetime.fromtimestamp(schedule.start_ms / 1000, UTC)
     )
     if schedule.cron is not None:
+        fields = schedule.cron.split()
+        if len(fields) != 5:
+            raise ScheduleError(f"invalid cron {schedule.cron!r}: expected 5 fields")
+        minute, hour, day, month, day_of_week = fields
         try:
-            return CronTrigger.from_crontab(schedule.cron, timezone=zone)
+            return CronTrigger(
+                minute=minute,
+                hour=hour,
+                day=day,
+                month=month,
+                day_of_week=day_of_week,
+                timezone=zone,
+                start_date=start,
+            )
         except ValueError as exc:
             raise ScheduleError(f"invalid cron {schedule.cron!r}: {exc}") from None
     assert schedule.every_ms is not None
