@@ -193,6 +193,14 @@ async def test_write_back_fence_rules(queue: Queue) -> None:
     assert (await queue.get_scheduler("res")).state == {"v": 22}  # type: ignore[union-attr]
 
 
+async def test_write_back_of_a_new_interval_keeps_jitter(queue: Queue) -> None:
+    await queue.upsert_scheduler("res", name="check", every=60, jitter=5)
+    assert await queue.write_back("res", Fence(seq=1, epoch=1), every=30)
+    info = await queue.get_scheduler("res")
+    assert info is not None
+    assert (info.schedule.every_ms, info.schedule.jitter_ms) == (30_000, 5_000)
+
+
 async def test_retries_with_exponential_backoff_then_success(queue: Queue) -> None:
     attempts: list[float] = []
 

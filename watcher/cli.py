@@ -249,7 +249,10 @@ async def watch_config(args: argparse.Namespace, queue: Queue, config: Config) -
             )
             continue
         log.info("%s changed; syncing", args.config)
-        await do_sync(queue, fresh, dry_run=False, quiet=True)
+        try:
+            await do_sync(queue, fresh, dry_run=False, quiet=True)
+        except Exception as exc:  # Redis away, say: the next edit (or restart) tries again
+            log.error("syncing %s failed: %s", args.config, exc)
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:

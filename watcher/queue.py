@@ -324,8 +324,15 @@ class Queue:
         the scheduler's state was reset since this run fired) or the scheduler is gone."""
         spec_text, nxt, slot = KEEP, 0, 0
         if every is not None:
-            try:
-                schedule = Schedule.build(every=every)
+            current = await self.redis.hget(self.key(f"scheduler:{id}"), "spec")
+            old = Schedule.decode(current) if current else Schedule()
+            try:  # a new interval; jitter (where it still fits), start and end are kept
+                schedule = Schedule.build(
+                    every=every,
+                    jitter=old.jitter_ms / 1000 if old.jitter_ms < every * 1000 else 0.0,
+                    start=None if old.start_ms is None else old.start_ms / 1000,
+                    end=None if old.end_ms is None else old.end_ms / 1000,
+                )
             except ScheduleError as exc:
                 raise QueueError(f"scheduler {id!r}: {exc}") from None
             slot = schedule.next_slot(id, await self.now_ms())

@@ -171,6 +171,14 @@ class CheckRunner:
         names = job.data.get("notify")
         if names is None:
             names = ["console"]
+        missing = [n for n in names if n not in self.notifiers]
+        if missing:  # e.g. `watcher worker` started without the YAML that defines them
+            log.warning(
+                "%s: notifier(s) %s not defined in this worker; start it with -c "
+                "pointing at the YAML that defines them",
+                change.resource,
+                ", ".join(missing),
+            )
         chosen = [self.notifiers[n] for n in names if n in self.notifiers]
         task = asyncio.create_task(notify_all(chosen, change, log=log))
         self._notifying.add(task)

@@ -60,7 +60,7 @@ def _row(info: SchedulerInfo) -> ResourceRow:
         check=info.name,
         url=str(info.data.get("url", "")),
         schedule=info.schedule.describe(),
-        last_run=report.get("at") or (info.last_run_ms / 1000 if info.last_run_ms else None),
+        last_run=info.last_run_ms / 1000 if info.last_run_ms else None,  # Redis time
         outcome=report.get("outcome"),
         status_code=report.get("status_code"),
         not_modified=bool(report.get("not_modified")),
