@@ -5,15 +5,12 @@ Imports only watcher's public check API and httpx, as a third-party plugin would
 
 from __future__ import annotations
 
-import email.utils
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC
 
 import httpx
 
-from watcher.check import CheckContext, CheckFailed, TransientCheckError
+from watcher.check import CheckContext, CheckFailed, TransientCheckError, parse_retry_after
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS = 5
@@ -129,22 +126,6 @@ def header(response: httpx.Response, name: str) -> str | None:
                 status_code=response.status_code,
             )
     return ", ".join(value.decode("ascii") for value in values) if values else None
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After value (delay seconds or an HTTP-date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
 
 
 async def _send(

@@ -15,8 +15,13 @@ import pytest
 from pytest_httpx import HTTPXMock, IteratorStream
 
 from checks import etag
-from checks._http import parse_retry_after
-from watcher.check import CheckContext, CheckFailed, Resource, TransientCheckError
+from watcher.check import (
+    CheckContext,
+    CheckFailed,
+    Resource,
+    TransientCheckError,
+    parse_retry_after,
+)
 from watcher.http import make_client
 
 URL = "https://example.test/page"
@@ -311,6 +316,10 @@ async def test_429_with_retry_after_http_date(httpx_mock: HTTPXMock, make_ctx: M
         (None, None),
         ("0", 0.0),
         (" 7 ", 7.0),
+        ("0.3", 0.3),
+        ("-5", 0.0),
+        ("inf", None),
+        ("nan", None),
         ("soon", None),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
     ],

@@ -8,9 +8,13 @@ use only this module, exactly as a third-party plugin would.
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, Protocol
 
 import httpx
@@ -122,3 +126,23 @@ VALIDATOR_KEYS = ("etag", "last_modified", "content_hash")
 def validators(state: Mapping[str, Any]) -> dict[str, Any]:
     """The validator part of a state, as recorded in the change history."""
     return {key: state[key] for key in VALIDATOR_KEYS if state.get(key) is not None}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After value (delay seconds or an HTTP-date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:  # RFC 9110 says whole seconds; a decimal is read too, as servers do send them
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())

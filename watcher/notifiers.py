@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import os
 import random
 import re
 import shlex
 import signal
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
@@ -20,6 +18,7 @@ from rich.markup import escape
 
 from watcher import __version__
 from watcher.change import Change
+from watcher.check import parse_retry_after
 from watcher.masking import mask_headers
 
 __all__ = [
@@ -110,24 +109,6 @@ class _Attempt:
     reason: str
     retryable: bool
     retry_after: float | None = None
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), else None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _exc_text(exc: BaseException) -> str:
@@ -256,7 +237,7 @@ class WebhookNotifier:
         if code == 429 or code >= 500:
             retry_after = None
             if code in (429, 503):
-                retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return _Attempt(reason, retryable=True, retry_after=retry_after)
         return _Attempt(reason, retryable=False)
 

@@ -24,10 +24,11 @@ from watcher.check import (
     TransientCheckError,
     validators,
 )
-from watcher.notifiers import Notifier, notify_all
+from watcher.http import make_client
+from watcher.notifiers import Notifier, build_notifiers, notify_all
 from watcher.queue import Queue
 from watcher.registry import PluginError, load_check
-from watcher.worker import Fail, Handler, Job, Outcome, Retry
+from watcher.worker import Fail, Handler, Job, Outcome, Retry, Worker
 
 log = logging.getLogger("watcher.runs")
 
@@ -217,9 +218,6 @@ async def serve(
     worker: dict[str, Any] | None = None,
 ) -> None:
     """Run check workers on `queue` until stopped (SIGTERM/SIGINT when asked)."""
-    from watcher.http import make_client
-    from watcher.notifiers import build_notifiers
-    from watcher.worker import Worker
 
     async with make_client(transport=transport, max_connections=concurrency) as client:
         runner = CheckRunner(queue, client, build_notifiers(notifiers or {}, client))
