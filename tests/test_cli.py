@@ -310,20 +310,33 @@ def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
     run = start_run(tmp_path)
     try:
         time.sleep(1.5)
+        record = f"import sys; open({str(tmp_path / 'notified')!r}, 'a').write(sys.stdin.read())"
         write_config(
             config,
             redis_url,
             queue_name,
-            resource("one", origin.url + "1", "1h") + resource("two", origin.url + "2"),
+            resource("one", origin.url + "1", "1h")
+            + resource("two", origin.url + "2", extra="    notify: [log]\n"),
         )
+        with config.open("a") as yaml_file:  # a notifier the running process did not have
+            yaml_file.write(
+                f"notifiers:\n  log:\n    type: command\n"
+                f"    command: [{sys.executable!r}, -c, {record!r}]\n"
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
-            if {r["id"] for r in status["resources"]} == {"one", "two"}:
+            rows = {r["id"]: r for r in status["resources"]}
+            if set(rows) == {"one", "two"} and rows["two"]["outcome"]:
                 break
             time.sleep(0.3)
         else:
             raise AssertionError("the edited YAML was not synced")
+        origin.set(etag='"v2"')
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "notified").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert '"resource":"two"' in (tmp_path / "notified").read_text()
         config.write_text(config.read_text() + "    every: never\n")
         time.sleep(2.5)
         assert run.poll() is None, "a bad edit stopped `watcher run`"

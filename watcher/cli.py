@@ -26,6 +26,7 @@ from watcher.config import Config, ConfigError, load_config
 from watcher.queue import Queue
 from watcher.redis_server import RedisServer, RedisServerError
 from watcher.registry import PluginError, load_check
+from watcher.runner import CheckRunner, serve
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EMBEDDED_DIR = Path(".watcher")
@@ -200,8 +201,6 @@ async def cmd_sync(args: argparse.Namespace) -> int:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from watcher.runner import serve
-
     config = read_config(args.config)
     if args.quiet:
         logging.getLogger("watcher.runs").setLevel(logging.WARNING)
@@ -211,14 +210,16 @@ async def cmd_run(args: argparse.Namespace) -> int:
             f"watching {len(config.resources)} resource(s) from {config.source} "
             f"with {args.concurrency} concurrent checks; Ctrl-C stops"
         )
-        reload = asyncio.create_task(watch_config(args, queue, config))
+        runners: list[CheckRunner] = []
+        reload = asyncio.create_task(watch_config(args, queue, runners))
         try:
             await serve(
                 queue,
-                notifiers={k: v.model_dump() for k, v in config.notifiers.items()},
+                notifiers=notifier_definitions(config),
                 concurrency=args.concurrency,
                 transport=args.transport,
                 install_signal_handlers=True,
+                started=runners.append,
             )
         finally:
             reload.cancel()
@@ -226,7 +227,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def watch_config(args: argparse.Namespace, queue: Queue, config: Config) -> None:
+def notifier_definitions(config: Config | None) -> dict[str, dict[str, Any]]:
+    return {k: v.model_dump() for k, v in config.notifiers.items()} if config else {}
+
+
+async def watch_config(args: argparse.Namespace, queue: Queue, runners: list[CheckRunner]) -> None:
     """Re-sync when the YAML changes; a bad edit is reported and the running config kept."""
     path = Path(args.config)
     seen = path.stat().st_mtime_ns
@@ -251,13 +256,13 @@ async def watch_config(args: argparse.Namespace, queue: Queue, config: Config) -
         log.info("%s changed; syncing", args.config)
         try:
             await do_sync(queue, fresh, dry_run=False, quiet=True)
+            for runner in runners:
+                runner.use_notifiers(notifier_definitions(fresh))
         except Exception as exc:  # Redis away, say: the next edit (or restart) tries again
             log.error("syncing %s failed: %s", args.config, exc)
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
-    from watcher.runner import serve
-
     config = _optional_config(args.config)
     if configured_redis(args, config) is None and not (EMBEDDED_DIR / "redis.url").exists():
         raise CommandError(
@@ -268,7 +273,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         console.print(f"worker on queue {queue.name!r}, {args.concurrency} concurrent checks")
         await serve(
             queue,
-            notifiers={k: v.model_dump() for k, v in config.notifiers.items()} if config else {},
+            notifiers=notifier_definitions(config),
             concurrency=args.concurrency,
             transport=args.transport,
             install_signal_handlers=True,

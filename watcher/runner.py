@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -77,6 +77,9 @@ class CheckRunner:
         self.stats = RunStats()
         self._checks: dict[str, Check | PluginError] = {}
         self._notifying: set[asyncio.Task[Any]] = set()
+
+    def use_notifiers(self, definitions: Mapping[str, Mapping[str, Any]]) -> None:
+        self.notifiers = build_notifiers(definitions, self.client)
 
     def handler(self, name: str) -> Handler | None:
         """The worker's handler lookup: every check name runs through `run`."""
@@ -216,11 +219,14 @@ async def serve(
     transport: str = "aiohttp",
     install_signal_handlers: bool = False,
     worker: dict[str, Any] | None = None,
+    started: Callable[[CheckRunner], None] | None = None,
 ) -> None:
-    """Run check workers on `queue` until stopped (SIGTERM/SIGINT when asked)."""
-
+    """Run check workers on `queue` until stopped (SIGTERM/SIGINT when asked). `started`
+    gets the runner, e.g. to swap its notifiers when the configuration is reloaded."""
     async with make_client(transport=transport, max_connections=concurrency) as client:
         runner = CheckRunner(queue, client, build_notifiers(notifiers or {}, client))
+        if started:
+            started(runner)
         running = Worker(
             queue,
             runner.handler,
