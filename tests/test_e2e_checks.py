@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -510,12 +511,15 @@ async def _fails_at_least(queue: Queue, n: int) -> SchedulerInfo | None:
 # -- 7. a secret header never reaches Redis (outside the template itself) -----------------------
 
 
-async def test_secret_header_never_recorded(queue: Queue) -> None:
+async def test_secret_header_never_recorded(
+    queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
     """The Authorization header is sent to the origin on every run, and the origin echoes
     it into its error status lines (as some servers echo what they were sent): it must not
-    appear in the changes stream, the events stream, job hashes, reports, anywhere in the
-    queue's keys, except the scheduler's template `data`, which is where the resource's
-    headers are declared."""
+    appear in the logs, the changes stream, the events stream, job hashes, reports, anywhere
+    in the queue's keys, except the scheduler's template `data`, which is where the
+    resource's headers are declared."""
+    caplog.set_level(logging.DEBUG, logger="watcher")  # `watcher` keeps httpx's at WARNING
     secret = f"Bearer {TOKEN}"
     with Origin(etag=TAGS[0]) as origin, Origin() as sink:
         await add_resource(
@@ -550,6 +554,8 @@ async def test_secret_header_never_recorded(queue: Queue) -> None:
     errors = [e["error"] for e in await queue.events(count=10_000) if "error" in e]
     assert errors and all(TOKEN not in e for e in errors)
     assert any(MASK in e for e in errors)
+    logged = caplog.text
+    assert "Forbidden for ***" in logged and TOKEN not in logged
 
 
 # -- 8. connections that die ---------------------------------------------------------------------
