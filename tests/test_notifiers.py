@@ -364,11 +364,11 @@ def test_build_notifiers_always_has_console() -> None:
 @pytest.mark.parametrize(
     ("definition", "message"),
     [
-        ({"type": "pager"}, "unknown type"),
-        ({"type": "webhook"}, "needs a url"),
+        ({"type": "pager"}, "'pager' .* expected tags: 'console', 'webhook', 'command'"),
+        ({"type": "webhook"}, "url: Field required"),
         ({"type": "webhook", "url": "https://x.test", "timeout": "soon"}, "number"),
         ({"type": "command", "command": ""}, "empty"),
-        ({"type": "command", "command": 42}, "string or a list"),
+        ({"type": "command", "command": 42}, "command: Input should be a valid list"),
     ],
 )
 def test_build_notifiers_rejects_bad_definitions(definition: dict[str, Any], message: str) -> None:

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from watcher import __version__
-from watcher.config import Config, ConfigError, load_config
+from watcher.config import Config, ConfigError, NotifierConfig, load_config
 from watcher.queue import Queue
 from watcher.redis_server import RedisServer, RedisServerError
 from watcher.registry import PluginError, load_check
@@ -227,8 +227,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def notifier_definitions(config: Config | None) -> dict[str, dict[str, Any]]:
-    return {k: v.model_dump() for k, v in config.notifiers.items()} if config else {}
+def notifier_definitions(config: Config | None) -> dict[str, NotifierConfig]:
+    return dict(config.notifiers) if config else {}
 
 
 async def watch_config(args: argparse.Namespace, queue: Queue, runners: list[CheckRunner]) -> None:

@@ -7,18 +7,21 @@ import logging
 import os
 import random
 import re
-import shlex
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
 from rich.markup import escape
 
 from watcher import __version__
 from watcher.change import Change
 from watcher.check import parse_retry_after
+from watcher.config import CommandNotifier as CommandSpec
+from watcher.config import NotifierConfig
+from watcher.config import WebhookNotifier as WebhookSpec
 from watcher.masking import mask_headers
 
 __all__ = [
@@ -350,60 +353,40 @@ class CommandNotifier:
             notify_log.debug("command notifier %r: pid %d not reaped in time", self.name, proc.pid)
 
 
-def _opt(definition: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = definition.get(key)
-    return default if value is None else value
-
-
-def _number(name: str, definition: Mapping[str, Any], key: str, default: float) -> float:
-    value = _opt(definition, key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"notifier {name!r}: {key} must be a number, got {value!r}")
-    return float(value)
+_DEFINITION: TypeAdapter[NotifierConfig] = TypeAdapter(NotifierConfig)
 
 
 def _build_one(
-    name: str, definition: Mapping[str, Any], client: httpx.AsyncClient | None
+    name: str, definition: NotifierConfig | Mapping[str, Any], client: httpx.AsyncClient | None
 ) -> Notifier:
-    kind = definition.get("type")
-    if kind == "console":
-        return ConsoleNotifier(name)
-    if kind == "webhook":
-        url = definition.get("url")
-        if not isinstance(url, str) or not url:
-            raise ValueError(f"notifier {name!r}: a webhook needs a url")
-        headers = _opt(definition, "headers", {})
-        if not isinstance(headers, Mapping):
-            raise ValueError(f"notifier {name!r}: headers must be a mapping")
-        retries = _opt(definition, "retries", 3)
-        if isinstance(retries, bool) or not isinstance(retries, int):
-            raise ValueError(f"notifier {name!r}: retries must be an integer, got {retries!r}")
+    """One notifier from its configuration (a model of watcher.config, or the same as a dict,
+    validated by that model)."""
+    if isinstance(definition, Mapping):
+        try:
+            definition = _DEFINITION.validate_python(dict(definition))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"][1:]) or "type"
+            raise ValueError(f"notifier {name!r}: {where}: {error['msg']}") from None
+    if isinstance(definition, WebhookSpec):
         return WebhookNotifier(
             name,
-            url,
-            headers={str(k): str(v) for k, v in headers.items()},
-            timeout=_number(name, definition, "timeout", 10.0),
-            retries=retries,
+            definition.url,
+            headers=definition.headers,
+            timeout=definition.timeout,
+            retries=definition.retries,
             client=client,
         )
-    if kind == "command":
-        command = definition.get("command")
-        if isinstance(command, str):
-            argv = shlex.split(command)
-        elif isinstance(command, Sequence) and all(isinstance(a, str) for a in command):
-            argv = list(command)
-        else:
-            raise ValueError(f"notifier {name!r}: command must be a string or a list of strings")
-        return CommandNotifier(name, argv, timeout=_number(name, definition, "timeout", 30.0))
-    raise ValueError(
-        f"notifier {name!r}: unknown type {kind!r} (expected console, webhook or command)"
-    )
+    if isinstance(definition, CommandSpec):
+        return CommandNotifier(name, definition.command, timeout=definition.timeout)
+    return ConsoleNotifier(name)
 
 
 def build_notifiers(
-    definitions: Mapping[str, Mapping[str, Any]], client: httpx.AsyncClient | None = None
+    definitions: Mapping[str, NotifierConfig | Mapping[str, Any]],
+    client: httpx.AsyncClient | None = None,
 ) -> dict[str, Notifier]:
-    """Notifiers by name from config dicts; a ``console`` notifier is always present."""
+    """Notifiers by name from their configuration; a ``console`` notifier is always present."""
     notifiers = {name: _build_one(name, d, client) for name, d in definitions.items()}
     notifiers.setdefault("console", ConsoleNotifier("console"))
     return notifiers

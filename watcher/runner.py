@@ -24,6 +24,7 @@ from watcher.check import (
     TransientCheckError,
     validators,
 )
+from watcher.config import NotifierConfig
 from watcher.http import make_client
 from watcher.notifiers import Notifier, build_notifiers, notify_all
 from watcher.queue import Queue
@@ -78,7 +79,7 @@ class CheckRunner:
         self._checks: dict[str, Check | PluginError] = {}
         self._notifying: set[asyncio.Task[Any]] = set()
 
-    def use_notifiers(self, definitions: Mapping[str, Mapping[str, Any]]) -> None:
+    def use_notifiers(self, definitions: Mapping[str, NotifierConfig | Mapping[str, Any]]) -> None:
         self.notifiers = build_notifiers(definitions, self.client)
 
     def handler(self, name: str) -> Handler | None:
@@ -214,7 +215,7 @@ def _report(
 async def serve(
     queue: Queue,
     *,
-    notifiers: Mapping[str, Mapping[str, Any]] | None = None,
+    notifiers: Mapping[str, NotifierConfig | Mapping[str, Any]] | None = None,
     concurrency: int = 50,
     transport: str = "aiohttp",
     install_signal_handlers: bool = False,
