@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
-ALWAYS_SECRET = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
-)
+ALWAYS_SECRET = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+# Names that say they carry a credential: X-Api-Key, X-Auth-Token, X-Hub-Signature, ...
+SECRET_NAME = re.compile(r"auth|token|secret|key|signature|password|session", re.IGNORECASE)
 MASK = "***"
 
 
 def is_secret(name: str, extra: Iterable[str] = ()) -> bool:
+    """Authorization, cookies, any name that says it carries a credential, and `extra`."""
     lowered = name.lower()
-    return lowered in ALWAYS_SECRET or lowered in {e.lower() for e in extra}
+    return (
+        lowered in ALWAYS_SECRET
+        or bool(SECRET_NAME.search(lowered))
+        or lowered in {e.lower() for e in extra}
+    )
 
 
 def mask_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """A copy of ``headers`` with every secret value replaced by ``***``."""
-    secret = {e.lower() for e in extra}
-    return {
-        name: (MASK if name.lower() in ALWAYS_SECRET or name.lower() in secret else value)
-        for name, value in headers.items()
-    }
+    extra = list(extra)
+    return {name: MASK if is_secret(name, extra) else value for name, value in headers.items()}
 
 
 def secret_values(headers: Mapping[str, str], extra: Iterable[str] = ()) -> list[str]:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import random
-import re
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -38,7 +37,6 @@ changes_log = logging.getLogger("watcher.changes")
 notify_log = logging.getLogger("watcher.notify")
 
 # Header names that look like credentials even though masking.ALWAYS_SECRET does not list them.
-_SECRET_HINT = re.compile(r"auth|token|secret|key|signature|password|session", re.IGNORECASE)
 # Linux refuses a single environment string over 128 KiB (MAX_ARG_STRLEN) with E2BIG.
 _ENV_JSON_LIMIT = 100_000
 _KILL_GRACE = 2.0
@@ -117,10 +115,6 @@ class _Attempt:
 def _exc_text(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _masked(headers: Mapping[str, str]) -> dict[str, str]:
-    return mask_headers(headers, extra=[name for name in headers if _SECRET_HINT.search(name)])
 
 
 class WebhookNotifier:
@@ -216,7 +210,7 @@ class WebhookNotifier:
             change.resource,
             reason,
             self._safe_target,
-            _masked(self.headers),
+            mask_headers(self.headers),
         )
         raise NotifyFailed(self.name, change.resource, reason, logged=True)
 
