@@ -156,3 +156,10 @@ async def test_concurrent_upserts_leave_one_scheduler_and_one_pending_job(
 async def _no_pending(queue: Queue) -> bool:
     counts = await queue.counts()
     return counts["active"] == 0
+
+
+async def test_data_set_back_to_empty_is_kept(queue: Queue) -> None:
+    await queue.upsert_scheduler("a", name="h", data={"x": 1}, every=60)
+    assert await queue.upsert_scheduler("a", name="h", data={}, every=60) == "updated"
+    info = await queue.get_scheduler("a")
+    assert info is not None and info.data == {}

@@ -335,3 +335,29 @@ async def test_unstorable_state_fails_the_job_and_the_worker_goes_on(queue: Queu
         await wait_for(lambda: _failed(queue, 1), 5)
     job = await queue.job(bad_id)
     assert job["st"] == "failed" and "not JSON-serialisable" in job["err"]
+
+
+async def test_a_scheduler_entry_without_its_hash_is_dropped(queue: Queue) -> None:
+    """500 stale entries (due, no hash) must not starve a real scheduler."""
+    await queue.redis.zadd(queue.key("schedulers"), {f"ghost{i}": i for i in range(600)})
+    await queue.upsert_scheduler("real", name="h", every=0.1)
+    ran: list[str] = []
+
+    async def h(job: Job) -> None:
+        ran.append(job.id)
+
+    async with running(Worker(queue, {"h": h})):
+        await wait_for(lambda: _ran(ran, 1), 5)
+    assert await queue.redis.zrange(queue.key("schedulers"), 0, -1) == ["real"]
+
+
+async def test_job_failed_by_lease_expiry_expires_and_is_listed(queue: Queue) -> None:
+    jid = await queue.add_job("h", {}, attempts=1)
+    taken = await queue.run_script("take", "wait", [1, 100, "dead-worker", "dead:1:"])
+    assert taken[0] == jid  # leased for 100 ms by a worker that never comes back
+    await asyncio.sleep(0.2)
+    await queue.run_script("recover", "active", [1000, 60_000, 1000])
+    job = await queue.job(jid)
+    assert job["st"] == "failed" and "lease expired" in job["err"]
+    assert 0 < await queue.redis.pttl(queue.key(f"job:{jid}")) <= 60_000
+    assert await queue.redis.lrange(queue.key("finished"), 0, -1) == [jid]
