@@ -101,8 +101,15 @@ async def test_bad_ids_rejected(queue: Queue, bad_id: object) -> None:
     assert await queue.redis.keys(queue.prefix + "*") == []
 
 
-async def test_batch_is_validated_before_any_write(queue: Queue) -> None:
-    specs = [SchedulerSpec(id="ok", name="h", every=1), SchedulerSpec(id="bad", name="h", every=-1)]
+@pytest.mark.parametrize(
+    "bad",
+    [
+        SchedulerSpec(id="bad", name="h", every=-1),
+        SchedulerSpec(id="bad", name="h", every=1, start=1_000, end=2_000),  # ended in 1970
+    ],
+)
+async def test_batch_is_validated_before_any_write(queue: Queue, bad: SchedulerSpec) -> None:
+    specs = [SchedulerSpec(id=f"ok{i}", name="h", every=1) for i in range(1500)] + [bad]
     with pytest.raises(QueueError, match="'bad'"):
         await queue.upsert_schedulers(specs)
     assert await queue.redis.keys(queue.prefix + "*") == []

@@ -250,15 +250,12 @@ class Queue:
         self, specs: Iterable[SchedulerSpec], progress: Callable[[int], None] | None = None
     ) -> list[str]:
         """Create or update many schedulers: all are validated before anything is written."""
-        prepared = [self._prepare(spec) for spec in specs]
         now = await self.now_ms()
+        prepared = [self._prepare(spec, now) for spec in specs]
         results: list[str] = []
         for start in range(0, len(prepared), UPSERT_CHUNK):
             rows = []
-            for spec, schedule, data, state in prepared[start : start + UPSERT_CHUNK]:
-                slot = schedule.next_slot(spec.id, now)
-                if slot is None:
-                    raise QueueError(f"scheduler {spec.id!r}: its schedule has already ended")
+            for spec, schedule, slot, data, state in prepared[start : start + UPSERT_CHUNK]:
                 scope = KEEP if spec.scope is None else spec.scope
                 rows.append(
                     [
@@ -286,7 +283,9 @@ class Queue:
     async def _upsert_rows(self, rows: list[list[str]]) -> list[str]:
         return list(await self.run_script("upsert", "schedulers", [json.dumps(rows)]))
 
-    def _prepare(self, spec: SchedulerSpec) -> tuple[SchedulerSpec, Schedule, str, str]:
+    def _prepare(
+        self, spec: SchedulerSpec, now: int
+    ) -> tuple[SchedulerSpec, Schedule, int, str, str]:
         check_id("scheduler id", spec.id)
         if not spec.name or not isinstance(spec.name, str):
             raise QueueError(f"scheduler {spec.id!r}: a handler name is required")
@@ -305,11 +304,14 @@ class Queue:
             )
         except ScheduleError as exc:
             raise QueueError(f"scheduler {spec.id!r}: {exc}") from None
+        slot = schedule.next_slot(spec.id, now)
+        if slot is None:
+            raise QueueError(f"scheduler {spec.id!r}: its schedule has already ended")
         data = dump_json(f"scheduler {spec.id!r} data", dict(spec.data))
         state = (
             KEEP if spec.state is None else dump_json(f"scheduler {spec.id!r} state", spec.state)
         )
-        return spec, schedule, data, state
+        return spec, schedule, slot, data, state
 
     async def write_back(
         self,
