@@ -1,0 +1,74 @@
+"""Time `watcher sync` of a large YAML against a private Redis.
+
+    .venv/bin/python bench/sync.py [--resources 100000]
+
+Writes a watcher.yaml with N resources to a temporary folder, then runs the real console
+script three times: the first sync (everything created), a second one (nothing to do), and
+one after every resource's interval changed (everything updated). Prints wall-clock seconds
+for each and the time spent loading and validating the YAML alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from watcher.config import load_config  # noqa: E402
+from watcher.redis_server import RedisServer  # noqa: E402
+
+WATCHER = str(Path(sys.executable).parent / "watcher")
+
+
+def write_yaml(path: Path, count: int, every: str) -> None:
+    lines = ["queue: bench", "resources:"]
+    for i in range(count):
+        lines += [f"  - id: r{i}", f"    url: http://127.0.0.1:9/{i}", f"    every: {every}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def timed_sync(folder: Path, url: str) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [WATCHER, "sync", "--redis", url],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    summary = next(line for line in done.stdout.splitlines() if "watcher.yaml:" in line)
+    return time.perf_counter() - started, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resources", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, RedisServer() as server:
+        folder = Path(tmp)
+        config = folder / "watcher.yaml"
+        write_yaml(config, args.resources, "5m")
+        started = time.perf_counter()
+        load_config(config)
+        print(
+            f"{args.resources:,} resources; loading and validating the YAML: "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+        for label in ("first sync", "second sync"):
+            seconds, summary = timed_sync(folder, server.url)
+            print(f"{label}: {seconds:.1f} s  ({summary.split(': ', 1)[1]})")
+        write_yaml(config, args.resources, "10m")
+        seconds, summary = timed_sync(folder, server.url)
+        print(f"every interval changed: {seconds:.1f} s  ({summary.split(': ', 1)[1]})")
+
+
+if __name__ == "__main__":
+    main()
