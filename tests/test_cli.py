@@ -301,6 +301,18 @@ async def test_status_live_renders_the_table(queue: Queue) -> None:
     assert "pending" in static.export_text()
 
 
+async def test_status_table_shows_failing_resources_first_within_the_limit(queue: Queue) -> None:
+    for i in range(5):
+        await queue.upsert_scheduler(f"ok{i}", name="etag", data={"url": "http://x/"}, every=30)
+    await queue.upsert_scheduler("broken", name="etag", data={"url": "http://x/"}, every=30)
+    await queue.redis.hset(queue.key("scheduler:broken"), "fails", 3)
+    console = Console(file=io.StringIO(), width=120, record=True)
+    console.print(render(await collect(queue), limit=2))
+    text = console.export_text()
+    assert text.index("broken") < text.index("ok0")
+    assert "ok1" not in text and "4 more not shown" in text
+
+
 def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
     tmp_path: Path, redis_url: str, queue_name: str, origin: Origin
 ) -> None:

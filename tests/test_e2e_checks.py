@@ -511,9 +511,7 @@ async def _fails_at_least(queue: Queue, n: int) -> SchedulerInfo | None:
 # -- 7. a secret header never reaches Redis (outside the template itself) -----------------------
 
 
-async def test_secret_header_never_recorded(
-    queue: Queue, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_secret_header_never_recorded(queue: Queue, caplog: pytest.LogCaptureFixture) -> None:
     """The Authorization header is sent to the origin on every run, and the origin echoes
     it into its error status lines (as some servers echo what they were sent): it must not
     appear in the logs, the changes stream, the events stream, job hashes, reports, anywhere

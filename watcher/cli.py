@@ -294,13 +294,13 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with open_queue(args, config) as queue:
         if args.live:
             with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-                await live(queue, console, args.interval)
+                await live(queue, console, args.interval, args.limit)
             return EXIT_OK
         snapshot = await collect(queue)
         if args.json:
             print(json.dumps(snapshot.to_dict(), indent=2, default=str))
         else:
-            console.print(render(snapshot))
+            console.print(render(snapshot, args.limit))
     return EXIT_OK
 
 
@@ -412,6 +412,12 @@ def parser() -> argparse.ArgumentParser:
     status = add("status", "show every resource: last run, last change, next run", cmd_status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--live", action="store_true", help="refresh in place until Ctrl-C")
+    status.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="table rows at most, failing first (default: 100; --json has all)",
+    )
     status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     history = add("history", "show the recorded changes, newest first", cmd_history)
     history.add_argument("id", nargs="?", help="only this resource")

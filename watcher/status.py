@@ -115,7 +115,13 @@ def _span(seconds: float) -> str:
     return f"{int(seconds // 86400)}d"
 
 
-def render(snapshot: Snapshot) -> Group:
+def most_telling(rows: list[ResourceRow], limit: int) -> list[ResourceRow]:
+    """Failing resources first, then the most recently changed, then by id."""
+    ordered = sorted(rows, key=lambda r: (-r.failures, -(r.last_change or 0), r.id))
+    return ordered[:limit]
+
+
+def render(snapshot: Snapshot, limit: int = 100) -> Group:
     now = snapshot.time
     c = snapshot.counts
     share = f"{snapshot.not_modified_share:.0%}" if snapshot.not_modified_share is not None else "—"
@@ -143,7 +149,8 @@ def render(snapshot: Snapshot) -> Group:
     for column in ("resource", "check", "schedule", "last run", "result", "last change", "next"):
         table.add_column(column, overflow="fold" if column == "result" else "ellipsis")
     table.add_column("fails", justify="right")
-    for row in snapshot.resources:
+    shown = most_telling(snapshot.resources, limit)
+    for row in shown:
         outcome = row.outcome or "pending"
         code = "" if row.status_code is None else f" {row.status_code}"
         result = Text(outcome + code, style=OUTCOME_STYLE.get(outcome, "dim"))
@@ -161,12 +168,16 @@ def render(snapshot: Snapshot) -> Group:
         )
     if not snapshot.resources:
         table.add_row("(no resources: run `watcher sync`)", *[""] * 7)
+    if len(shown) < len(snapshot.resources):
+        hidden = len(snapshot.resources) - len(shown)
+        note = f"{hidden:,} more not shown (failing and recently changed first; --limit N)"
+        return Group(header, table, Text(note, style="dim"))
     return Group(header, table)
 
 
-async def live(queue: Queue, console: Console, interval: float = 1.0) -> None:
+async def live(queue: Queue, console: Console, interval: float = 1.0, limit: int = 100) -> None:
     """Refresh in place until cancelled (Ctrl-C)."""
-    with Live(render(await collect(queue)), console=console, auto_refresh=False) as view:
+    with Live(render(await collect(queue), limit), console=console, auto_refresh=False) as view:
         while True:
             await asyncio.sleep(interval)
-            view.update(render(await collect(queue)), refresh=True)
+            view.update(render(await collect(queue), limit), refresh=True)
