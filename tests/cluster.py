@@ -24,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -35,7 +33,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from watcher.redis_server import RedisServerError, find_redis_server, free_port
+from watcher.redis_server import RedisServer, RedisServerError, find_redis_server, free_port
 
 HOST = "127.0.0.1"
 
@@ -60,22 +58,23 @@ class LocalCluster:
     """Start with `start()` or `with LocalCluster() as cluster:`. `url` is the first node's
     URL (a cluster client discovers the others from it), `ports` the client ports."""
 
-    def __init__(self, masters: int = 3, *, binary: str | None = None) -> None:
+    def __init__(self, masters: int = 3) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.masters = masters
-        self.binary = binary or find_redis_server()
         cli = shutil.which("redis-cli")
         if cli is None:
             raise ClusterError("redis-cli is not on PATH: it creates the cluster")
         self.cli = cli
-        self.ports: list[int] = []
-        self.dirs: list[Path] = []
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.ports[0]}/0"
+        return self.nodes[0].url
 
     def url_of(self, port: int) -> str:
         return f"redis://{HOST}:{port}/0"
@@ -83,14 +82,12 @@ class LocalCluster:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
-        if self.processes:
+        if self.nodes:
             return self
         deadline = time.monotonic() + timeout
         try:
             for _ in range(self.masters):
-                self._start_node()
-            for index in range(self.masters):
-                self._wait_ping(index, deadline)
+                self.nodes.append(self._node().start())
             self._create(deadline)
             self._wait_state_ok(deadline)
         except BaseException:
@@ -98,61 +95,14 @@ class LocalCluster:
             raise
         return self
 
-    def _start_node(self) -> None:
+    @staticmethod
+    def _node() -> RedisServer:
         port = free_port()
-        bus = free_port()
+        bus = free_port()  # the default, port + 10000, can land above 65535
         while bus == port:
             bus = free_port()
-        data_dir = Path(tempfile.mkdtemp(prefix="watcher-cluster-"))
-        self.dirs.append(data_dir)
-        self.ports.append(port)
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    self.binary,
-                    "--bind",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "--cluster-port",
-                    str(bus),
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--dir",
-                    str(data_dir),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "yes",
-                    "--logfile",
-                    "redis.log",
-                    "--daemonize",
-                    "no",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C in the terminal reaches us, not the nodes
-            )
-        )
-
-    def _wait_ping(self, index: int, deadline: float) -> None:
-        process, port = self.processes[index], self.ports[index]
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise ClusterError(
-                    f"redis-server on port {port} exited with code {process.returncode}; "
-                    f"see {self.dirs[index] / 'redis.log'}"
-                )
-            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-                if _call(port, "PING", timeout=0.2):
-                    return
-            time.sleep(0.02)
-        raise ClusterError(f"redis-server on port {port} did not answer")
+        cluster_mode = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        return RedisServer(port=port, extra_args=[*cluster_mode, "--cluster-port", str(bus)])
 
     def _create(self, deadline: float) -> None:
         nodes = [f"{HOST}:{port}" for port in self.ports]
@@ -195,19 +145,10 @@ class LocalCluster:
                     raise ClusterError(f"node {port} never reached cluster_state:ok")
                 time.sleep(0.05)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for data_dir in self.dirs:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        self.processes, self.ports, self.dirs = [], [], []
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+        self.nodes = []
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -149,3 +149,33 @@ async def test_redis_outage_is_survived(tmp_path: Path, caplog: pytest.LogCaptur
 
 async def _all_ran_since(runs: dict[str, int], before: dict[str, int], ids: list[str]) -> bool:
     return all(runs[i] > before.get(i, 0) for i in ids)
+
+
+async def test_stop_during_a_redis_outage_returns_within_the_grace(tmp_path: Path) -> None:
+    """Guarantee 9 with Redis gone: a job that finishes while Redis is down cannot be
+    finished in Redis; stopping still returns cleanly (its lease lapses, it reruns)."""
+    server = RedisServer(tmp_path / "redis").start()
+    queue = Queue.from_url(server.url, "gone")
+    release = asyncio.Event()
+
+    async def held(job: Job) -> None:
+        await release.wait()
+
+    try:
+        await queue.add_job("held", {})
+        worker = Worker(queue, {"held": held}, grace=1.0, tick=False)
+        task = asyncio.create_task(worker.run())
+        await wait_for(lambda: _active(queue), 5)
+        server.stop()
+        release.set()
+        worker.stop()
+        started = time.monotonic()
+        await asyncio.wait_for(task, 15)  # returns, no exception escapes
+        assert time.monotonic() - started < 10
+    finally:
+        await queue.close()
+        server.cleanup()
+
+
+async def _active(queue: Queue) -> bool:
+    return (await queue.counts())["active"] == 1

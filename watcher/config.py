@@ -16,7 +16,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, available_timezones
@@ -126,31 +126,27 @@ _CHECK_RE = re.compile(
 )
 
 
-def _resource_id(value: str) -> str:
-    if not _ID_RE.fullmatch(value):
-        raise ValueError(
-            f"invalid id {show(value)}; expected 1-128 characters from letters, digits"
-            " and _ . : - (the id is part of Redis keys: no spaces or braces)"
-        )
-    return value
+def _matching(pattern: re.Pattern[str], what: str, expected: str) -> Callable[[str], str]:
+    """A validator: the value must match `pattern` whole, else "invalid <what>; expected…"."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"invalid {what} {show(value)}; expected {expected}")
+        return value
+
+    return check
 
 
-def _queue_name(value: str) -> str:
-    if not _QUEUE_RE.fullmatch(value):
-        raise ValueError(
-            f"invalid queue name {show(value)}; expected 1-64 characters from letters,"
-            " digits and _ . -"
-        )
-    return value
-
-
-def _check_name(value: str) -> str:
-    if not _CHECK_RE.fullmatch(value):
-        raise ValueError(
-            f"invalid check {show(value)}; expected a registered name like etag,"
-            " or a dotted path like package.module:name"
-        )
-    return value
+_resource_id = _matching(
+    _ID_RE,
+    "id",
+    "1-128 characters from letters, digits and _ . : - "
+    "(the id is part of Redis keys: no spaces or braces)",
+)
+_queue_name = _matching(_QUEUE_RE, "queue name", "1-64 characters from letters, digits and _ . -")
+_check_name = _matching(
+    _CHECK_RE, "check", "a registered name like etag, or a dotted path like package.module:name"
+)
 
 
 def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:

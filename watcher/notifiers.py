@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -16,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from rich.markup import escape
 
 from watcher import __version__
+from watcher.backoff import backoff
 from watcher.change import Change
 from watcher.check import parse_retry_after
 from watcher.config import CommandNotifier as CommandSpec
@@ -161,8 +161,7 @@ class WebhookNotifier:
 
     def backoff(self, retry: int) -> float:
         """Delay before retry number ``retry`` (0-based): capped doubling, jittered to 50-100%."""
-        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** min(retry, 60))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff(retry, self.backoff_base, self.backoff_cap)
 
     async def send(self, change: Change) -> None:
         payload = {**change.to_dict(), "event": "change"}

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -59,12 +60,14 @@ class RedisServer:
         port: int | None = None,
         persist: bool = False,
         binary: str | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="watcher-redis-"))
         self.port = port or free_port()
         self.persist = persist
         self.binary = binary or find_redis_server()
+        self.extra_args = list(extra_args)  # more redis-server options, e.g. cluster mode
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,7 +96,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             args += ["--appendonly", "no"]
-        return args
+        return args + self.extra_args
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self.process and self.process.poll() is None:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import time
@@ -28,6 +27,7 @@ from redis.exceptions import ClusterDownError, ClusterError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from watcher.backoff import backoff
 from watcher.queue import KEEP, Fence, Queue, QueueError, dump_json
 from watcher.schedule import Schedule
 
@@ -241,7 +241,7 @@ class Worker:
                 "Redis unavailable (%s); reconnecting with backoff",
                 exc,
             )
-        delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+        delay = backoff(attempt, 0.1, 5.0)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
 
@@ -373,9 +373,7 @@ class Worker:
                 self._finish(job, "fail", f"handler returned {exc}")
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: base * 2^(attempt-1), capped, then 50-100% of it."""
-        delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        return delay * random.uniform(0.5, 1.0)
+        return backoff(attempt - 1, self.backoff_base, self.backoff_cap)
 
     def _finish(
         self,
@@ -424,6 +422,7 @@ class Worker:
                 self._finished = batch + self._finished
                 failures += 1
                 await self._redis_failed(exc, failures)
+                # stopping: a refused Redis ends this here; a hung one, run()'s grace bound
                 if self._stop.is_set() and failures > 20:
                     log.error("giving up finishing %d job(s): Redis unreachable", len(batch))
                     return
