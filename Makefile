@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install lint run bench clean
+.PHONY: test install lint typecheck run bench clean
 
 $(BIN)/watcher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,7 @@ install: $(BIN)/watcher
 
 test: install
 	$(BIN)/ruff check watcher checks tests bench examples
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 run: install
@@ -23,5 +24,9 @@ run: install
 lint: install
 	$(BIN)/ruff check watcher checks tests bench examples
 
+# mypy --strict on watcher/ and checks/ (settings in pyproject.toml)
+typecheck: install
+	$(BIN)/mypy
+
 clean:
-	rm -rf $(VENV) .watcher .pytest_cache
+	rm -rf $(VENV) .watcher .pytest_cache .mypy_cache

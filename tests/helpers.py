@@ -4,26 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar, overload
 
 from watcher.queue import Queue
 from watcher.worker import Worker
 
 TESTS = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+
+@overload
+async def wait_for(
+    predicate: Callable[[], Awaitable[T]], timeout: float, step: float = ..., *, what: str = ...
+) -> T: ...
+
+
+@overload
+async def wait_for(
+    predicate: Callable[[], T], timeout: float, step: float = ..., *, what: str = ...
+) -> T: ...
 
 
 async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.02
-) -> None:
+    predicate: Callable[[], Awaitable[T] | T],
+    timeout: float,
+    step: float = 0.02,
+    *,
+    what: str = "condition",
+) -> T:
+    """Poll `predicate()` (sync or async) every `step` seconds until it returns something
+    truthy, and return that; after `timeout` seconds fail the test, naming `what`."""
     deadline = time.monotonic() + timeout
-    while not await predicate():
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{what}: not within {timeout}s")
         await asyncio.sleep(step)
 
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from watcher.queue import Queue
 from watcher.status import collect, live, render
 
+from .helpers import wait_for
 from .origin import Origin
 
 WATCHER = str(Path(sys.executable).parent / "watcher")
@@ -313,16 +314,23 @@ async def test_status_table_shows_failing_resources_first_within_the_limit(queue
     assert "ok1" not in text and "4 more not shown" in text
 
 
-def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
+async def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
     tmp_path: Path, redis_url: str, queue_name: str, origin: Origin
 ) -> None:
     config = write_config(
         tmp_path / "watcher.yaml", redis_url, queue_name, resource("one", origin.url + "1", "1h")
     )
     run = start_run(tmp_path)
+    notified = tmp_path / "notified"
+
+    def both_synced() -> bool:
+        status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
+        rows = {r["id"]: r for r in status["resources"]}
+        return set(rows) == {"one", "two"} and bool(rows["two"]["outcome"])
+
     try:
-        time.sleep(1.5)
-        record = f"import sys; open({str(tmp_path / 'notified')!r}, 'a').write(sys.stdin.read())"
+        await asyncio.sleep(1.5)
+        record = f"import sys; open({str(notified)!r}, 'a').write(sys.stdin.read())"
         write_config(
             config,
             redis_url,
@@ -335,22 +343,12 @@ def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
                 f"notifiers:\n  log:\n    type: command\n"
                 f"    command: [{sys.executable!r}, -c, {record!r}]\n"
             )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
-            rows = {r["id"]: r for r in status["resources"]}
-            if set(rows) == {"one", "two"} and rows["two"]["outcome"]:
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError("the edited YAML was not synced")
+        await wait_for(both_synced, 10, step=0.3, what="the edited YAML synced")
         origin.set(etag='"v2"')
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "notified").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert '"resource":"two"' in (tmp_path / "notified").read_text()
+        await wait_for(notified.exists, 10, step=0.2, what="the new notifier run")
+        assert '"resource":"two"' in notified.read_text()
         config.write_text(config.read_text() + "    every: never\n")
-        time.sleep(2.5)
+        await asyncio.sleep(2.5)
         assert run.poll() is None, "a bad edit stopped `watcher run`"
         elsewhere = ("-c", "none.yaml", "--redis", redis_url, "--queue", queue_name)
         status = json.loads(watcher("status", "--json", *elsewhere, cwd=tmp_path).stdout)

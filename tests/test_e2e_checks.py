@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import inspect
 import itertools
 import json
 import logging
@@ -20,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,14 @@ import pytest
 
 from watcher.change import Change
 from watcher.http import make_client
+from watcher.jobs import JobInfo, JobState
 from watcher.masking import MASK
 from watcher.notifiers import build_notifiers
 from watcher.queue import Fence, Queue, SchedulerInfo
 from watcher.runner import CheckRunner
 from watcher.worker import Worker
 
-from .helpers import running
+from .helpers import running, wait_for
 from .origin import Origin, Seen
 
 TESTS = Path(__file__).resolve().parent
@@ -95,22 +95,6 @@ async def checking(
         await runner.drain()
 
 
-async def until(
-    condition: Callable[[], Any | Awaitable[Any]], timeout: float, what: str = "condition"
-) -> Any:
-    """Poll until `condition()` (sync or async) is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
 async def scheduler(queue: Queue, id: str = "docs") -> SchedulerInfo:
     info = await queue.get_scheduler(id)
     assert info is not None, f"scheduler {id!r} is gone"
@@ -150,10 +134,16 @@ async def history(queue: Queue, id: str = "docs") -> list[Change]:
     return list(reversed(await queue.changes(id, limit=1000)))
 
 
-async def finished_jobs(queue: Queue) -> list[dict[str, str]]:
-    """The finished runs' job hashes, in the order they were fired."""
+async def job_info(queue: Queue, id: str) -> JobInfo:
+    job = await queue.job(id)
+    assert job is not None, f"job {id!r} is gone"
+    return job
+
+
+async def finished_jobs(queue: Queue) -> list[JobInfo]:
+    """The finished runs, in the order they were fired."""
     ids = await queue.redis.lrange(queue.key("finished"), 0, -1)
-    return [await queue.job(jid) for jid in sorted(ids, key=int)]
+    return [await job_info(queue, jid) for jid in sorted(ids, key=int)]
 
 
 def assert_conditional_chain(seen: list[Seen], header: str, validator: str) -> None:
@@ -248,7 +238,7 @@ async def test_etag_changes_recorded_once_each_and_requests_are_conditional(
         await add_resource(queue, origin.url)
         made: list[float] = []
         async with checking(queue, transport=transport):
-            await until(lambda: stored(queue, "etag"), 3, "the baseline run")
+            await wait_for(lambda: stored(queue, "etag"), 3, what="the baseline run")
             t0 = time.monotonic()
             for n, at in enumerate((1.2, 2.4, 3.6), start=1):
                 await asyncio.sleep(t0 + at - time.monotonic())
@@ -270,8 +260,8 @@ async def test_etag_changes_recorded_once_each_and_requests_are_conditional(
 
     # The first run recorded a baseline, not a change; every other run was a change or a 304.
     jobs = await finished_jobs(queue)
-    outcomes = [json.loads(job["res"])["outcome"] for job in jobs]
-    assert all(job["st"] == "done" for job in jobs)
+    outcomes = [json.loads(job.result or "{}").get("outcome") for job in jobs]
+    assert all(job.state == JobState.DONE for job in jobs)
     assert outcomes[0] == "baseline"
     assert Counter(outcomes) == {"baseline": 1, "changed": 3, "unchanged": len(jobs) - 4}
     info = await scheduler(queue)
@@ -296,12 +286,12 @@ async def test_last_modified_only_server(queue: Queue) -> None:
     with Origin(etag=None, last_modified=LM0) as origin:
         await add_resource(queue, origin.url)
         async with checking(queue, transport="httpx"):
-            await until(lambda: stored(queue, "last_modified"), 3, "the baseline run")
-            await until(lambda: len(origin.requests) >= 4, 3, "304 runs")
+            await wait_for(lambda: stored(queue, "last_modified"), 3, what="the baseline run")
+            await wait_for(lambda: len(origin.requests) >= 4, 3, what="304 runs")
             origin.set(last_modified=LM1, body=b"newer\n")
-            await until(lambda: history(queue), 3, "the change")
+            await wait_for(lambda: history(queue), 3, what="the change")
             settled = len(origin.requests)
-            await until(lambda: len(origin.requests) >= settled + 3, 3, "more runs")
+            await wait_for(lambda: len(origin.requests) >= settled + 3, 3, what="more runs")
         seen = origin.requests
 
     changes = await history(queue)
@@ -329,25 +319,25 @@ async def test_worker_sigkilled_mid_check_loses_no_change(
         await add_resource(queue, origin.url)
         try:
             victim = await start_check_worker(redis_url, queue, log, "--lease", "1")
-            await until(lambda: stored(queue, "etag"), 5, "the baseline run")
+            await wait_for(lambda: stored(queue, "etag"), 5, what="the baseline run")
             origin.set(etag=TAGS[1], hang=True)
             held = await asyncio.to_thread(origin.wait_hung, 5)
             assert held.header("if-none-match") == TAGS[0]
             info = await scheduler(queue)
-            job = await queue.job(info.active_job or "")
-            assert job["st"] == "active" and f":{victim.pid}:" in job["wk"]
+            job = await job_info(queue, info.active_job or "")
+            assert job.state == JobState.ACTIVE and f":{victim.pid}:" in (job.worker or "")
 
             victim.send_signal(signal.SIGKILL)
             assert victim.wait(5) == -signal.SIGKILL
             origin.release()
-            await until(lambda: held.outcome != "pending", 5, "the held request to end")
+            await wait_for(lambda: held.outcome != "pending", 5, what="the held request to end")
             assert await history(queue) == []
             assert await stored(queue, "etag") == TAGS[0]
 
             rescuer = await start_check_worker(redis_url, queue, log, "--lease", "1")
-            await until(lambda: stored_is(queue, "etag", TAGS[1]), 10, "the rerun")
+            await wait_for(lambda: stored_is(queue, "etag", TAGS[1]), 10, what="the rerun")
             settled = len(origin.requests)
-            await until(lambda: len(origin.requests) >= settled + 3, 5, "more runs")
+            await wait_for(lambda: len(origin.requests) >= settled + 3, 5, what="more runs")
             assert stop_process(rescuer) == 0
         finally:
             if victim is not None and victim.poll() is None:
@@ -361,8 +351,8 @@ async def test_worker_sigkilled_mid_check_loses_no_change(
     assert await stored(queue, "etag") == TAGS[1]
     stalled = await events_of(queue, "stalled")
     assert [e["job"] for e in stalled] == [info.active_job]
-    rerun = await queue.job(info.active_job or "")
-    assert rerun["st"] == "done" and rerun["att"] == "2"
+    rerun = await job_info(queue, info.active_job or "")
+    assert rerun.state == JobState.DONE and rerun.attempt == 2
     # After the held request: the rerun asked with the old ETag and got the new one; then 304s.
     after = seen[seen.index(held) + 1 :]
     assert after[0].header("if-none-match") == TAGS[0] and after[0].status == 200
@@ -408,14 +398,14 @@ async def test_state_written_back_only_after_the_change_is_recorded(queue: Queue
         await add_resource(queue, origin.url)
         # A longer retry backoff leaves time to look at the state the crashed run left.
         async with checking(crashing, backoff_base=0.6):
-            await until(lambda: stored(queue, "etag"), 3, "the baseline run")
+            await wait_for(lambda: stored(queue, "etag"), 3, what="the baseline run")
             since = await queue.now_ms()
             origin.set(etag=TAGS[1])
-            retries = await until(lambda: events_of(queue, "retry", since), 3, "the crash")
+            retries = await wait_for(lambda: events_of(queue, "retry", since), 3, what="the crash")
             assert "simulated crash" in retries[0]["error"]
             assert await stored(queue, "etag") == TAGS[0], "the crashed run wrote its state"
             assert len(await history(queue)) == 1  # recorded before the crash
-            await until(lambda: stored_is(queue, "etag", TAGS[1]), 5, "the retried run")
+            await wait_for(lambda: stored_is(queue, "etag", TAGS[1]), 5, what="the retried run")
 
     assert crashing.state_when_recorded == [
         {"etag": TAGS[0], "status_code": 200},
@@ -435,12 +425,12 @@ async def test_webhook_receives_each_change_once(queue: Queue) -> None:
         await add_resource(queue, origin.url, notify=["hook"])
         hook = {"hook": {"type": "webhook", "url": f"{sink.url}hooks/watcher", "retries": 2}}
         async with checking(queue, transport="httpx", notifiers=hook):
-            await until(lambda: stored(queue, "etag"), 3, "the baseline run")
+            await wait_for(lambda: stored(queue, "etag"), 3, what="the baseline run")
             for n in (1, 2):
                 origin.set(etag=TAGS[n])
-                await until(lambda n=n: len(sink.requests) == n, 3, f"webhook call {n}")
+                await wait_for(lambda n=n: len(sink.requests) == n, 3, what=f"webhook call {n}")
             settled = len(origin.requests)
-            await until(lambda: len(origin.requests) >= settled + 3, 3, "more runs")
+            await wait_for(lambda: len(origin.requests) >= settled + 3, 3, what="more runs")
         posts = sink.requests
 
     changes = await history(queue)
@@ -464,12 +454,14 @@ async def test_failures_do_not_overwrite_state(queue: Queue) -> None:
     with Origin(etag=TAGS[0]) as origin:
         await add_resource(queue, origin.url)
         async with checking(queue):
-            await until(lambda: stored(queue, "etag"), 3, "the baseline run")
+            await wait_for(lambda: stored(queue, "etag"), 3, what="the baseline run")
 
             since, since_ms = time.time(), await queue.now_ms()
             origin.set(status=404, reason="Not Found")
-            info = await until(lambda: report_after(queue, "failed", since), 3, "a failed run")
-            info = await until(lambda: _fails_at_least(queue, 2), 3, "fails counted")
+            info = await wait_for(
+                lambda: report_after(queue, "failed", since), 3, what="a failed run"
+            )
+            info = await wait_for(lambda: _fails_at_least(queue, 2), 3, what="fails counted")
             assert info.state == {"etag": TAGS[0], "status_code": 200}
             failed = await events_of(queue, "failed", since_ms)
             assert failed and failed[-1]["error"] == "404 Not Found"
@@ -477,14 +469,16 @@ async def test_failures_do_not_overwrite_state(queue: Queue) -> None:
 
             since, since_ms = time.time(), await queue.now_ms()
             origin.set(status=503, reason="Service Unavailable")
-            retries = await until(lambda: _events_at_least(queue, "retry", since_ms, 2), 3)
+            retries = await wait_for(lambda: _events_at_least(queue, "retry", since_ms, 2), 3)
             assert {e["error"] for e in retries} == {"503 Service Unavailable"}
-            info = await until(lambda: report_after(queue, "retrying", since), 3)
+            info = await wait_for(lambda: report_after(queue, "retrying", since), 3)
             assert info.state["etag"] == TAGS[0]
 
             since = time.time()
             origin.set(status=None, reason=None)
-            info = await until(lambda: report_after(queue, "unchanged", since), 3, "recovery")
+            info = await wait_for(
+                lambda: report_after(queue, "unchanged", since), 3, what="recovery"
+            )
             assert info.fails == 0
         seen = origin.requests
 
@@ -528,20 +522,20 @@ async def test_secret_header_never_recorded(queue: Queue, caplog: pytest.LogCapt
         )
         hook = {"hook": {"type": "webhook", "url": f"{sink.url}hook"}}
         async with checking(queue, notifiers=hook):
-            await until(lambda: stored(queue, "etag"), 3, "the baseline run")
+            await wait_for(lambda: stored(queue, "etag"), 3, what="the baseline run")
             origin.set(etag=TAGS[1])
-            await until(lambda: history(queue), 3, "the change")
+            await wait_for(lambda: history(queue), 3, what="the change")
 
             since, since_ms = time.time(), await queue.now_ms()
             origin.set(status=403, reason="Forbidden for {authorization}")
-            failed = await until(lambda: report_after(queue, "failed", since), 3)
+            failed = await wait_for(lambda: report_after(queue, "failed", since), 3)
             assert failed.report is not None and MASK in failed.report["summary"]
             origin.set(status=503, reason="Unavailable for {authorization}")
-            await until(lambda: events_of(queue, "retry", since_ms), 3, "a retry")
+            await wait_for(lambda: events_of(queue, "retry", since_ms), 3, what="a retry")
 
             since = time.time()
             origin.set(status=None, reason=None)
-            await until(lambda: report_after(queue, "unchanged", since), 3, "recovery")
+            await wait_for(lambda: report_after(queue, "unchanged", since), 3, what="recovery")
         seen = origin.requests
 
     assert all(r.header("authorization") == secret for r in seen)
@@ -567,21 +561,23 @@ async def test_dropped_connections_are_not_changes(queue: Queue) -> None:
     with Origin(etag=None, body=body) as origin:
         await add_resource(queue, origin.url)
         async with checking(queue):
-            await until(lambda: stored(queue, "content_hash"), 3, "the baseline run")
+            await wait_for(lambda: stored(queue, "content_hash"), 3, what="the baseline run")
             assert await stored(queue, "content_hash") == hashlib.sha256(body).hexdigest()
 
             since = time.time()
             origin.set(die="mid-body")
-            info = await until(lambda: report_after(queue, ("failed", "retrying"), since), 3)
+            info = await wait_for(lambda: report_after(queue, ("failed", "retrying"), since), 3)
             assert info.report is not None and "truncated body" in info.report["summary"]
 
             since, since_ms = time.time(), await queue.now_ms()
             origin.set(die="no-response")
-            await until(lambda: events_of(queue, "retry", since_ms), 3, "a retry")
+            await wait_for(lambda: events_of(queue, "retry", since_ms), 3, what="a retry")
 
             since = time.time()
             origin.set(die=None)
-            info = await until(lambda: report_after(queue, "unchanged", since), 3, "recovery")
+            info = await wait_for(
+                lambda: report_after(queue, "unchanged", since), 3, what="recovery"
+            )
         seen = origin.requests
 
     assert info.state == {"content_hash": hashlib.sha256(body).hexdigest(), "status_code": 200}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from watcher.jobs import JobState
 from watcher.queue import Queue, SchedulerSpec
 from watcher.redis_server import RedisServer
 from watcher.worker import Job, Worker
@@ -114,7 +115,7 @@ async def test_sigterm_returns_jobs_it_cannot_finish_within_grace(
     assert counts["wait"] == 2 and counts["active"] == 0
     for jid in ids:
         job = await queue.job(jid)
-        assert job["st"] == "wait" and job["att"] == "0"  # the attempt was given back
+        assert job and job.state is JobState.WAIT and job.attempt == 0  # attempt given back
 
 
 async def test_redis_outage_is_survived(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -6,7 +6,9 @@ import asyncio
 import itertools
 import time
 
+from watcher.jobs import JobState
 from watcher.queue import Fence, Queue
+from watcher.ticker import Ticker
 from watcher.worker import Fail, Job, Outcome, Retry, Worker
 
 from .helpers import running, wait_for
@@ -62,11 +64,8 @@ async def test_run_reads_data_when_it_starts_not_when_queued(queue: Queue) -> No
     async def handler(job: Job) -> None:
         seen.append(job.data["v"])
 
-    # fire without running: a worker with no fetching capacity left would hide the point,
-    # so fire with a ticker-only worker, then change the data, then run.
-    ticker = Worker(queue, {}, concurrency=1)
-    ticker.concurrency = 0  # ticks only
-    async with running(ticker):
+    # fire without running (a ticker alone), then change the data, then run.
+    async with running(Ticker(queue)):
         await wait_for(lambda: _waiting(queue, 1), 3)
     await queue.upsert_scheduler("res", name="check", data={"v": 2}, every=0.1)
     async with running(Worker(queue, {"check": handler}, tick=False)):
@@ -128,6 +127,7 @@ async def test_fencing_slow_old_run_cannot_overwrite_newer_state(queue: Queue) -
     assert info is not None
     assert 1 in finished and finished[-1] == 1  # the old run really finished last
     assert info.state == {"run": newest}
+    assert (await queue.counts())["fenced"] >= 1  # counted for status, not silently dropped
 
 
 async def _state_is_newer_than(queue: Queue, run: int) -> bool:
@@ -173,14 +173,16 @@ async def test_fencing_state_reset_by_reconfiguration(queue: Queue) -> None:
         results.append(await job.upsert_scheduler(state={"etag": "old-url"}))
         return Outcome(state={"etag": "old-url"})
 
-    async with running(Worker(queue, {"check": handler})):
+    async with running(Worker(queue, {"check": handler})) as worker:
         await started.wait()
         await queue.upsert_scheduler("res", name="check", every=0.1, scope="url-2")
         release.set()
         await wait_for(lambda: _ran(results, 1), 3)
+        await wait_for(lambda: worker.fenced == 1, 3)  # the completion's write-back
     assert results[0] is False
     info = await queue.get_scheduler("res")
     assert info is not None and "etag" not in info.state
+    assert (await queue.counts())["fenced"] == 2  # the run's own upsert and its completion
 
 
 async def test_write_back_fence_rules(queue: Queue) -> None:
@@ -191,6 +193,7 @@ async def test_write_back_fence_rules(queue: Queue) -> None:
     assert not await queue.write_back("res", Fence(seq=3, epoch=9), state={"v": 3})
     assert not await queue.write_back("gone", Fence(seq=3, epoch=1), state={"v": 3})
     assert (await queue.get_scheduler("res")).state == {"v": 22}  # type: ignore[union-attr]
+    assert (await queue.counts())["fenced"] == 2  # a missing scheduler is not a fenced write
 
 
 async def test_write_back_of_a_new_interval_keeps_jitter(queue: Queue) -> None:
@@ -244,7 +247,7 @@ async def test_retry_after_delay_is_honoured_and_permanent_failure_not_retried(
     assert calls["later"][1] - calls["later"][0] >= 0.48
     assert len(calls["broken"]) == 1
     job = await queue.job(failed_id)
-    assert job["st"] == "failed" and job["err"] == "404 Not Found"
+    assert job and job.state is JobState.FAILED and job.error == "404 Not Found"
     assert (await queue.counts())["failed"] == 1
 
 
@@ -256,7 +259,7 @@ async def test_attempts_exhausted_fails(queue: Queue) -> None:
     async with running(Worker(queue, {"always": always}, backoff_base=0.05, tick=False)):
         await wait_for(lambda: _failed(queue, 1), 5)
     job = await queue.job(jid)
-    assert job["att"] == "2" and "slow origin" in job["err"]
+    assert job and job.attempt == 2 and "slow origin" in (job.error or "")
 
 
 async def test_lease_is_extended_while_job_runs(queue: Queue) -> None:
@@ -276,7 +279,8 @@ async def test_unknown_handler_fails_clearly(queue: Queue) -> None:
     jid = await queue.add_job("nobody", {})
     async with running(Worker(queue, {}, tick=False)):
         await wait_for(lambda: _failed(queue, 1), 5)
-    assert (await queue.job(jid))["err"] == "no handler for 'nobody'"
+    job = await queue.job(jid)
+    assert job and job.error == "no handler for 'nobody'"
 
 
 async def test_delayed_job_runs_after_delay(queue: Queue) -> None:
@@ -294,9 +298,7 @@ async def test_delayed_job_runs_after_delay(queue: Queue) -> None:
 
 async def test_removed_scheduler_pending_run_is_dropped(queue: Queue) -> None:
     await queue.upsert_scheduler("gone", name="h", every=0.05)
-    ticker = Worker(queue, {}, concurrency=1)
-    ticker.concurrency = 0
-    async with running(ticker):
+    async with running(Ticker(queue)):
         await wait_for(lambda: _waiting(queue, 1), 3)
     await queue.remove_scheduler("gone")
     ran: list[str] = []
@@ -334,7 +336,7 @@ async def test_unstorable_state_fails_the_job_and_the_worker_goes_on(queue: Queu
         await wait_for(lambda: _completed(queue, 1), 5)
         await wait_for(lambda: _failed(queue, 1), 5)
     job = await queue.job(bad_id)
-    assert job["st"] == "failed" and "not JSON-serialisable" in job["err"]
+    assert job and job.state is JobState.FAILED and "not JSON-serialisable" in (job.error or "")
 
 
 async def test_a_scheduler_entry_without_its_hash_is_dropped(queue: Queue) -> None:
@@ -353,11 +355,11 @@ async def test_a_scheduler_entry_without_its_hash_is_dropped(queue: Queue) -> No
 
 async def test_job_failed_by_lease_expiry_expires_and_is_listed(queue: Queue) -> None:
     jid = await queue.add_job("h", {}, attempts=1)
-    taken = await queue.run_script("take", "wait", [1, 100, "dead-worker", "dead:1:"])
-    assert taken[0] == jid  # leased for 100 ms by a worker that never comes back
+    taken = await queue.take(1, lease_ms=100, worker="dead-worker", token_prefix="dead:1:")
+    assert [job.id for job in taken] == [jid]  # leased for 100 ms; its worker never comes back
     await asyncio.sleep(0.2)
-    await queue.run_script("recover", "active", [1000, 60_000, 1000])
+    assert await queue.recover(limit=1000, keep_ms=60_000, cap=1000) == 1
     job = await queue.job(jid)
-    assert job["st"] == "failed" and "lease expired" in job["err"]
+    assert job and job.state is JobState.FAILED and "lease expired" in (job.error or "")
     assert 0 < await queue.redis.pttl(queue.key(f"job:{jid}")) <= 60_000
     assert await queue.redis.lrange(queue.key("finished"), 0, -1) == [jid]

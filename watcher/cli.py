@@ -31,6 +31,7 @@ from watcher.runner import CheckRunner, serve
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EMBEDDED_DIR = Path(".watcher")
 log = logging.getLogger("watcher")
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 console = Console()
 errors = Console(stderr=True)
 
@@ -382,9 +383,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(
-        name: str, help: str, handler: Callable[..., Coroutine[Any, Any, int]]
-    ) -> argparse.ArgumentParser:
+    def add(name: str, help: str, handler: Command) -> argparse.ArgumentParser:
         cmd = sub.add_parser(
             name,
             help=help,
@@ -445,8 +444,9 @@ def setup_logging(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.debug)
+    handler: Command = args.handler
     try:
-        return asyncio.run(args.handler(args))
+        return asyncio.run(handler(args))
     except KeyboardInterrupt:
         return EXIT_OK
     except ConfigError as exc:

@@ -17,7 +17,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -34,6 +34,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from watcher.masking import mask_headers
 from watcher.yaml_source import (
@@ -490,6 +491,9 @@ _EXPECTED = {
 }
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 class _Validator:
     """Runs pydantic and turns its errors into positioned issues."""
 
@@ -498,7 +502,7 @@ class _Validator:
         self.inherited: dict[int, set[str]] = {}
         """Per resource index, the keys that came from `defaults`."""
 
-    def validate(self, model: type[_Model], data: Any, prefix: Path = ()) -> Any:
+    def validate(self, model: type[_M], data: Any, prefix: Path = ()) -> _M | None:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -506,7 +510,7 @@ class _Validator:
                 self.report_error(error, prefix)
             return None
 
-    def report_error(self, error: Any, prefix: Path) -> None:
+    def report_error(self, error: ErrorDetails, prefix: Path) -> None:
         path = self._normalise((*prefix, *error["loc"]))
         key_error = bool(path) and path[-1] == "[key]"
         if key_error:
@@ -525,8 +529,7 @@ class _Validator:
         else:
             self.report.add(path, message, key=key_error or kind == "extra_forbidden", at=at)
 
-    def _normalise(self, loc: tuple[Any, ...]) -> Path:
-        path: Path = tuple(loc)
+    def _normalise(self, path: Path) -> Path:
         # A discriminated union puts the tag in the location: notifiers.NAME.webhook.url
         if len(path) >= 3 and path[0] == "notifiers" and path[2] in _NOTIFIER_MODELS:
             path = path[:2] + path[3:]
@@ -534,12 +537,13 @@ class _Validator:
 
     def _origin(self, path: Path) -> Path:
         """Where a merged resource value was written: in the resource or in `defaults`."""
-        is_resource_field = len(path) >= 3 and path[0] == "resources"
-        if is_resource_field and path[2] in self.inherited.get(path[1], set()):  # type: ignore[arg-type]
-            return ("defaults", *path[2:])
+        if len(path) >= 3 and path[0] == "resources":
+            index = path[1]
+            if isinstance(index, int) and path[2] in self.inherited.get(index, set()):
+                return ("defaults", *path[2:])
         return path
 
-    def _message(self, error: Any, path: Path) -> str:
+    def _message(self, error: ErrorDetails, path: Path) -> str:
         kind, ctx = error["type"], error.get("ctx") or {}
         if kind == "extra_forbidden":
             return _unknown_key_message(str(path[-1]), self._known_keys(path[:-1]))

@@ -25,6 +25,7 @@ cluster slot, so every script runs unchanged on Redis Cluster.
   epochs           STRING state epoch counter (queue-wide: a re-created scheduler never
                           reuses an epoch a run in flight could carry)
   stat:completed / stat:failed   STRING counters
+  stat:fenced      STRING state write-backs dropped by fencing (a newer run or a reset was first)
   events           STREAM removed schedulers, skipped ticks, retries, failures, stalled
                           jobs (capped ~10,000)
   changes          STREAM the change history (capped, configurable)
@@ -32,6 +33,9 @@ cluster slot, so every script runs unchanged on Redis Cluster.
 
 Time is Redis server time (TIME) everywhere, so workers with skewed clocks agree: on a
 cluster, the clock of the node that holds the queue (now.lua), the one the scripts read.
+
+Every Redis command of the library goes through this class; a job's states and what moves
+it between them are described in watcher/jobs.py, and each script's keys in its header.
 """
 
 from __future__ import annotations
@@ -39,35 +43,72 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib.resources import files
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+from redis.exceptions import ClusterDownError, ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from watcher.change import Change
+from watcher.jobs import DEFAULT_ATTEMPTS, Fence, FinishCode, Finished, Job, JobInfo, Lease
 from watcher.schedule import Schedule, ScheduleError
+from watcher.scripts import load_scripts
+
+__all__ = [
+    "KEEP",
+    "UNAVAILABLE",
+    "Due",
+    "DueScheduler",
+    "Fence",
+    "Fire",
+    "Queue",
+    "QueueError",
+    "SchedulerInfo",
+    "SchedulerSpec",
+    "check_id",
+    "dump_json",
+]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 KEEP = "~"  # "not given" in script arguments
 UPSERT_CHUNK = 1000
+FIELDS_PER_TAKEN_JOB = 11  # take.lua's reply
+FIELDS_PER_DUE = 4  # due.lua's reply
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    # Redis Cluster: a node failing over or rejoining, a slot being moved
+    ClusterDownError,
+    ClusterError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+"""What a call raises while Redis cannot be reached: ride it out, it is not a bug."""
+
+SCRIPTS = (
+    "upsert",
+    "remove",
+    "due",
+    "fire",
+    "add",
+    "take",
+    "finish",
+    "extend",
+    "recover",
+    "release",
+    "change",
+    "now",
+)
 
 
 class QueueError(ValueError):
     """Bad input to the queue API. Raised before anything is written."""
-
-
-@dataclass(frozen=True)
-class Fence:
-    """Identifies one run of a scheduler: its write-back applies only if still current."""
-
-    seq: int
-    epoch: int
-
-    def encode(self) -> str:
-        return f"{self.seq}:{self.epoch}"
 
 
 @dataclass
@@ -82,7 +123,7 @@ class SchedulerSpec:
     start: float | None = None
     end: float | None = None
     limit: int = 0
-    attempts: int = 3
+    attempts: int = DEFAULT_ATTEMPTS
     overlap: bool = False
     owner: str = ""
     scope: str | None = None
@@ -145,6 +186,74 @@ class SchedulerInfo:
         )
 
 
+@dataclass(frozen=True)
+class _UpsertRow:
+    """One row of upsert.lua's input; KEEP leaves a field as it is."""
+
+    id: str
+    name: str = KEEP
+    data: str = KEEP
+    spec: str = KEEP
+    next_ms: str = KEEP
+    slot: str = KEEP
+    scope: str = KEEP
+    owner: str = KEEP
+    overlap: str = KEEP
+    limit: str = KEEP
+    attempts: str = KEEP
+    fence: str = ""
+    state: str = KEEP
+    first: str = ""
+
+    def encode(self) -> list[str]:
+        return [
+            self.id,
+            self.name,
+            self.data,
+            self.spec,
+            self.next_ms,
+            self.slot,
+            self.scope,
+            self.owner,
+            self.overlap,
+            self.limit,
+            self.attempts,
+            self.fence,
+            self.state,
+            self.first,
+        ]
+
+
+@dataclass(frozen=True)
+class DueScheduler:
+    """A scheduler due to fire, with what computing its next fire time needs."""
+
+    id: str
+    score_ms: int
+    schedule: Schedule
+    slot_ms: int
+    """The planned slot (the score without jitter)."""
+
+
+@dataclass(frozen=True)
+class Due:
+    now_ms: int
+    soonest_ms: int | None
+    """The earliest fire time among those not returned (None: nothing else is scheduled)."""
+    schedulers: list[DueScheduler]
+
+
+@dataclass(frozen=True)
+class Fire:
+    """Fire one scheduler if its score is still `expected_ms` (a compare-and-set), and
+    move it to `next_ms` (None: its schedule has ended)."""
+
+    id: str
+    expected_ms: int
+    next_ms: int | None
+    slot_ms: int
+
+
 def check_id(kind: str, value: object) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise QueueError(
@@ -160,26 +269,7 @@ def dump_json(what: str, value: object) -> str:
         raise QueueError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
-def _script_source(name: str) -> str:
-    return files("watcher").joinpath("lua", f"{name}.lua").read_text()
-
-
 class Queue:
-    SCRIPTS = (
-        "upsert",
-        "remove",
-        "due",
-        "fire",
-        "add",
-        "take",
-        "finish",
-        "extend",
-        "recover",
-        "release",
-        "change",
-        "now",
-    )
-
     def __init__(
         self,
         redis: aioredis.Redis | aioredis.RedisCluster,
@@ -193,9 +283,7 @@ class Queue:
         self.name = name
         self.prefix = f"watcher:{{{name}}}:"
         self.changes_max = changes_max
-        self._scripts: dict[str, AsyncScript] = {
-            script: redis.register_script(_script_source(script)) for script in self.SCRIPTS
-        }
+        self._scripts = load_scripts(redis, self.prefix, SCRIPTS)
 
     @classmethod
     def from_url(
@@ -228,8 +316,8 @@ class Queue:
     def key(self, part: str) -> str:
         return self.prefix + part
 
-    async def run_script(self, script: str, key: str, args: Sequence[Any]) -> Any:
-        return await self._scripts[script](keys=[self.key(key)], args=[self.prefix, *args])
+    async def _call(self, script: str, args: Sequence[Any]) -> Any:
+        return await self._scripts[script](self.prefix, args)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -237,7 +325,7 @@ class Queue:
     async def now_ms(self) -> int:
         """Server time (ms) of the node holding the queue: a bare TIME has no key, and a
         cluster client would send it to any node."""
-        seconds, micros = await self.run_script("now", "id", [])
+        seconds, micros = await self._call("now", [])
         return int(seconds) * 1000 + int(micros) // 1000
 
     # -- schedulers ---------------------------------------------------------------------
@@ -251,41 +339,19 @@ class Queue:
     ) -> list[str]:
         """Create or update many schedulers: all are validated before anything is written."""
         now = await self.now_ms()
-        prepared = [self._prepare(spec, now) for spec in specs]
+        rows = [self._row(spec, now) for spec in specs]
         results: list[str] = []
-        for start in range(0, len(prepared), UPSERT_CHUNK):
-            rows = []
-            for spec, schedule, slot, data, state in prepared[start : start + UPSERT_CHUNK]:
-                scope = KEEP if spec.scope is None else spec.scope
-                rows.append(
-                    [
-                        spec.id,
-                        spec.name,
-                        data,
-                        schedule.encode(),
-                        str(schedule.fire_time(slot)),
-                        str(slot),
-                        scope,
-                        spec.owner,
-                        str(int(spec.overlap)),
-                        str(spec.limit),
-                        str(spec.attempts),
-                        "",
-                        state,
-                        str(now) if spec.immediately else "",
-                    ]
-                )
-            results += await self._upsert_rows(rows)
+        for start in range(0, len(rows), UPSERT_CHUNK):
+            chunk = rows[start : start + UPSERT_CHUNK]
+            results += await self._upsert(chunk)
             if progress:
-                progress(len(rows))
+                progress(len(chunk))
         return results
 
-    async def _upsert_rows(self, rows: list[list[str]]) -> list[str]:
-        return list(await self.run_script("upsert", "schedulers", [json.dumps(rows)]))
+    async def _upsert(self, rows: list[_UpsertRow]) -> list[str]:
+        return list(await self._call("upsert", [json.dumps([row.encode() for row in rows])]))
 
-    def _prepare(
-        self, spec: SchedulerSpec, now: int
-    ) -> tuple[SchedulerSpec, Schedule, int, str, str]:
+    def _row(self, spec: SchedulerSpec, now: int) -> _UpsertRow:
         check_id("scheduler id", spec.id)
         if not spec.name or not isinstance(spec.name, str):
             raise QueueError(f"scheduler {spec.id!r}: a handler name is required")
@@ -307,11 +373,25 @@ class Queue:
         slot = schedule.next_slot(spec.id, now)
         if slot is None:
             raise QueueError(f"scheduler {spec.id!r}: its schedule has already ended")
-        data = dump_json(f"scheduler {spec.id!r} data", dict(spec.data))
-        state = (
-            KEEP if spec.state is None else dump_json(f"scheduler {spec.id!r} state", spec.state)
+        return _UpsertRow(
+            id=spec.id,
+            name=spec.name,
+            data=dump_json(f"scheduler {spec.id!r} data", dict(spec.data)),
+            spec=schedule.encode(),
+            next_ms=str(schedule.fire_time(slot)),
+            slot=str(slot),
+            scope=KEEP if spec.scope is None else spec.scope,
+            owner=spec.owner,
+            overlap=str(int(spec.overlap)),
+            limit=str(spec.limit),
+            attempts=str(spec.attempts),
+            state=(
+                KEEP
+                if spec.state is None
+                else dump_json(f"scheduler {spec.id!r} state", spec.state)
+            ),
+            first=str(now) if spec.immediately else "",
         )
-        return spec, schedule, slot, data, state
 
     async def write_back(
         self,
@@ -324,10 +404,15 @@ class Queue:
     ) -> bool:
         """A run upserting its own scheduler. False when fenced off (a newer run wrote first,
         the scheduler's state was reset since this run fired) or the scheduler is gone."""
-        spec_text, nxt, slot = KEEP, 0, 0
+        row = _UpsertRow(
+            id=id,
+            fence=fence.encode(),
+            data=KEEP if data is None else dump_json("data", dict(data)),
+            state=KEEP if state is None else dump_json("state", dict(state)),
+        )
         if every is not None:
             current = await self.redis.hget(self.key(f"scheduler:{id}"), "spec")
-            old = Schedule.decode(current) if current else Schedule()
+            old = Schedule.decode(cast(str, current)) if current else Schedule()
             try:  # a new interval; jitter (where it still fits), start and end are kept
                 schedule = Schedule.build(
                     every=every,
@@ -337,32 +422,17 @@ class Queue:
                 )
             except ScheduleError as exc:
                 raise QueueError(f"scheduler {id!r}: {exc}") from None
-            slot = schedule.next_slot(id, await self.now_ms())
-            spec_text, nxt = schedule.encode(), schedule.fire_time(slot or 0)
-        row = [
-            id,
-            KEEP,
-            KEEP if data is None else dump_json("data", dict(data)),
-            spec_text,
-            str(nxt),
-            str(slot),
-            KEEP,
-            KEEP,
-            KEEP,
-            KEEP,
-            KEEP,
-            fence.encode(),
-            KEEP if state is None else dump_json("state", dict(state)),
-            "",
-        ]
-        result = await self._upsert_rows([row])
-        return bool(result[0] == "updated")
+            slot = schedule.next_slot(id, await self.now_ms()) or 0
+            row = replace(
+                row, spec=schedule.encode(), next_ms=str(schedule.fire_time(slot)), slot=str(slot)
+            )
+        return bool((await self._upsert([row]))[0] == "updated")
 
     async def remove_schedulers(self, ids: Iterable[str]) -> int:
         id_list = [check_id("scheduler id", i) for i in ids]
         if not id_list:
             return 0
-        return int(await self.run_script("remove", "schedulers", id_list))
+        return int(await self._call("remove", id_list))
 
     async def remove_scheduler(self, id: str) -> bool:
         return await self.remove_schedulers([id]) == 1
@@ -418,6 +488,33 @@ class Queue:
                     found.append(SchedulerInfo.from_hash(id, h, score))
         return found
 
+    # -- ticks: firing due schedulers ---------------------------------------------------
+
+    async def due(self, limit: int) -> Due:
+        """Up to `limit` schedulers due now (by Redis time)."""
+        reply = await self._call("due", [limit])
+        due = [
+            DueScheduler(
+                id=sid,
+                score_ms=int(float(score)),
+                schedule=Schedule.decode(spec),
+                slot_ms=int(slot) if slot else int(float(score)),
+            )
+            for sid, score, spec, slot in _rows(reply[2:], FIELDS_PER_DUE)
+        ]
+        soonest = int(float(reply[1])) if reply[1] != "" else None
+        return Due(now_ms=int(reply[0]), soonest_ms=soonest, schedulers=due)
+
+    async def fire(self, fires: Sequence[Fire]) -> tuple[int, int]:
+        """Fire what is still due (see `Fire`); returns (fired, skipped as overlapping)."""
+        if not fires:
+            return 0, 0
+        args: list[Any] = []
+        for f in fires:
+            args += [f.id, f.expected_ms, "" if f.next_ms is None else f.next_ms, f.slot_ms]
+        fired, skipped = await self._call("fire", args)
+        return int(fired), int(skipped)
+
     # -- jobs ---------------------------------------------------------------------------
 
     async def add_job(
@@ -426,7 +523,7 @@ class Queue:
         data: Mapping[str, Any] | None = None,
         *,
         delay: float = 0.0,
-        attempts: int = 3,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> str:
         return (await self.add_jobs(name, [data or {}], delay=delay, attempts=attempts))[0]
 
@@ -436,7 +533,7 @@ class Queue:
         items: Sequence[Mapping[str, Any]],
         *,
         delay: float = 0.0,
-        attempts: int = 3,
+        attempts: int = DEFAULT_ATTEMPTS,
         chunk: int = 1000,
     ) -> list[str]:
         if not name or not isinstance(name, str):
@@ -451,11 +548,90 @@ class Queue:
             args: list[Any] = []
             for data in encoded[start : start + chunk]:
                 args += [name, data, round(delay * 1000), attempts]
-            ids += await self.run_script("add", "wait", args)
+            ids += await self._call("add", args)
         return ids
 
-    async def job(self, id: str) -> dict[str, str]:
-        return await self.redis.hgetall(self.key(f"job:{id}"))
+    async def job(self, id: str) -> JobInfo | None:
+        """A job as stored, or None once it has expired (or never existed)."""
+        h = cast(dict[str, str], await self.redis.hgetall(self.key(f"job:{id}")))
+        return JobInfo.from_hash(id, h) if h else None
+
+    async def take(self, count: int, *, lease_ms: int, worker: str, token_prefix: str) -> list[Job]:
+        """Lease up to `count` jobs for `worker`: a scheduler's run gets the scheduler's
+        latest data and state, and the fence of its write-back."""
+        reply = await self._call("take", [count, lease_ms, worker, token_prefix])
+        jobs = []
+        for jid, token, name, data, state, sched, at, att, mx, seq, epoch in _rows(
+            reply, FIELDS_PER_TAKEN_JOB
+        ):
+            jobs.append(
+                Job(
+                    id=jid,
+                    token=token,
+                    name=name,
+                    data=json.loads(data) if data else {},
+                    state=json.loads(state) if state else {},
+                    scheduler_id=sched or None,
+                    scheduled_at=int(at) if at else None,
+                    attempt=int(att),
+                    max_attempts=int(mx),
+                    fence=Fence(int(seq), int(epoch)) if sched else None,
+                    queue=self,
+                )
+            )
+        return jobs
+
+    async def finish(
+        self, finished: Sequence[Finished], *, keep_ms: int, keep_runs_ms: int, cap: int
+    ) -> list[FinishCode]:
+        """Complete, fail or retry jobs whose leases the caller holds; a scheduler run's
+        state is written back fenced. Finished jobs are kept `keep_ms` (a scheduler's
+        successful run: `keep_runs_ms`), and the newest `cap` are listed."""
+        args: list[Any] = [keep_ms, keep_runs_ms, cap]
+        for f in finished:
+            args += [
+                f.lease.job_id,
+                f.lease.token,
+                f.kind,
+                f.delay_ms,
+                f.payload,
+                KEEP if f.state is None else f.state,
+                KEEP if f.report is None else f.report,
+            ]
+        return [FinishCode(int(code)) for code in await self._call("finish", args)]
+
+    async def extend(self, leases: Sequence[Lease], lease_ms: int) -> list[str]:
+        """Extend leases the caller still holds; returns the ids of those it lost."""
+        if not leases:
+            return []
+        args: list[Any] = [lease_ms]
+        for lease in leases:
+            args += [lease.job_id, lease.token]
+        return list(await self._call("extend", args))
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give unfinished jobs back to the queue, their attempt undone; returns how many."""
+        if not leases:
+            return 0
+        args: list[Any] = []
+        for lease in leases:
+            args += [lease.job_id, lease.token]
+        return int(await self._call("release", args))
+
+    async def recover(self, *, limit: int, keep_ms: int, cap: int) -> int:
+        """Requeue (or fail, when out of attempts) up to `limit` jobs whose lease expired."""
+        return int(await self._call("recover", [limit, keep_ms, cap]))
+
+    async def wait_for_work(self, max_wait: float) -> None:
+        """Block until a job may be ready: a wake-up marker, the next delayed job's due
+        time, or `max_wait` seconds."""
+        timeout = max_wait
+        head = await self.redis.zrange(self.key("delayed"), 0, 0, withscores=True)
+        if head:
+            due_ms = float(head[0][1])
+            timeout = min(timeout, max(0.0, (due_ms - await self.now_ms()) / 1000))
+        if timeout > 0:
+            await self.redis.blpop([self.key("marker")], timeout)
 
     async def counts(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -464,14 +640,15 @@ class Queue:
             pipe.zcard(self.key("delayed"))
             pipe.get(self.key("stat:completed"))
             pipe.get(self.key("stat:failed"))
+            pipe.get(self.key("stat:fenced"))
             pipe.zcard(self.key("schedulers"))
             replies = await pipe.execute()
-        names = ("wait", "active", "delayed", "completed", "failed", "schedulers")
+        names = ("wait", "active", "delayed", "completed", "failed", "fenced", "schedulers")
         return {name: int(value or 0) for name, value in zip(names, replies, strict=True)}
 
     async def events(self, count: int = 100) -> list[dict[str, str]]:
         """The newest events first."""
-        entries = await self.redis.xrevrange(self.key("events"), count=count)
+        entries = _entries(await self.redis.xrevrange(self.key("events"), count=count))
         return [{"id": entry_id, **fields} for entry_id, fields in entries]
 
     # -- change history -----------------------------------------------------------------
@@ -486,14 +663,15 @@ class Queue:
             change.resource,
             change.to_json(),
         ]
-        return await self.run_script("change", "changes", args)
+        entry = await self._call("change", args)
+        return None if entry is None else str(entry)
 
     async def changes(self, resource: str | None = None, limit: int = 20) -> list[Change]:
         """The newest changes first, optionally of one resource."""
         found: list[Change] = []
         end = "+"
         while len(found) < limit:
-            page = await self.redis.xrevrange(self.key("changes"), max=end, count=500)
+            page = _entries(await self.redis.xrevrange(self.key("changes"), max=end, count=500))
             for entry_id, fields in page:
                 if resource is None or fields.get("resource") == resource:
                     found.append(Change.from_dict({**json.loads(fields["change"]), "id": entry_id}))
@@ -506,11 +684,41 @@ class Queue:
 
     # -- workers ------------------------------------------------------------------------
 
+    async def heartbeat(self, worker: str, info: Mapping[str, Any], ttl_ms: int) -> int:
+        """Say `worker` is alive (with `info` for status); returns the server time (ms)."""
+        now = await self.now_ms()
+        key = self.key(f"worker:{worker}")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.key("workers"), {worker: now})
+            pipe.zremrangebyscore(self.key("workers"), "-inf", now - 3_600_000)
+            pipe.hset(key, mapping={name: str(value) for name, value in info.items()})
+            pipe.hset(key, "seen", now)
+            pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+        return now
+
+    async def forget_worker(self, worker: str) -> None:
+        await self.redis.zrem(self.key("workers"), worker)
+
     async def workers(self, alive_within_ms: int = 30_000) -> list[dict[str, str]]:
         now = await self.now_ms()
-        ids = await self.redis.zrangebyscore(self.key("workers"), now - alive_within_ms, "+inf")
+        found = await self.redis.zrangebyscore(self.key("workers"), now - alive_within_ms, "+inf")
+        ids = cast(list[str], found)
         async with self.redis.pipeline(transaction=False) as pipe:
             for wid in ids:
                 pipe.hgetall(self.key(f"worker:{wid}"))
             details = await pipe.execute()
         return [{"id": wid, **info} for wid, info in zip(ids, details, strict=True)]
+
+
+StreamEntries = list[tuple[str, dict[str, str]]]
+
+
+def _entries(reply: object) -> StreamEntries:
+    """A stream range's reply, as a client with decode_responses gives it."""
+    return cast(StreamEntries, reply or [])
+
+
+def _rows(flat: Sequence[Any], width: int) -> Iterable[Sequence[Any]]:
+    """A script's flat reply, `width` fields a row."""
+    return (flat[start : start + width] for start in range(0, len(flat), width))

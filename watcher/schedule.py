@@ -98,7 +98,7 @@ class Schedule:
         """The first slot at or after `now_ms` and strictly after `after_ms`; None when ended."""
         at = now_ms if after_ms is None else max(now_ms, after_ms + 1)
         moment = datetime.fromtimestamp(at / 1000, UTC)
-        fire = self.trigger(scheduler_id).get_next_fire_time(None, moment)
+        fire: datetime | None = self.trigger(scheduler_id).get_next_fire_time(None, moment)
         if fire is None:
             return None
         slot = round(fire.timestamp() * 1000)

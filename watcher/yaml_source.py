@@ -147,12 +147,11 @@ class Report:
         self.problems.append((path, position(mark), message))
 
     def error(self) -> ConfigError:
-        issues = [
-            ConfigIssue(
-                self.map.filename, *(position or (None, None)), self.map.describe(path), msg
-            )
-            for path, position, msg in self.problems
-        ]
+        issues = []
+        for path, where, msg in self.problems:
+            line, column = where if where is not None else (None, None)
+            where_in_config = self.map.describe(path)
+            issues.append(ConfigIssue(self.map.filename, line, column, where_in_config, msg))
         return ConfigError(issues, self.map.filename)
 
     def from_env_failure(self, path: Path) -> bool:
@@ -238,6 +237,7 @@ class _Builder:
             if isinstance(node, yaml.SequenceNode):
                 self._check_tag(node, _SEQ_TAG, path)
                 return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
+            assert isinstance(node, yaml.MappingNode)  # the composer makes no other node kind
             self._check_tag(node, _MAP_TAG, path)
             return self._mapping(node, path)
         finally:

@@ -1,13 +1,15 @@
 -- Record a detected change in the changes stream, fenced like a state write-back: a run whose
 -- scheduler was reconfigured, or that a newer run has overtaken, records nothing.
--- KEYS[1] = changes STREAM. ARGV: prefix, scheduler id, seq, epoch, max length, resource, change JSON.
+-- KEYS: changes
+-- ARGV: prefix, scheduler id, seq, epoch, max length, resource, change JSON.
+-- Returns: the stream entry id, or false (nil) when fenced off.
+local changes = KEYS[1]
 local P = ARGV[1]
 local sk = P .. 'scheduler:' .. ARGV[2]
 local s = redis.call('HMGET', sk, 'epoch', 'wseq')
 if not s[1] or s[1] ~= ARGV[4] or tonumber(ARGV[3]) < tonumber(s[2] or '0') then
   return false
 end
-local t = redis.call('TIME')
-local id = redis.call('XADD', P .. 'changes', 'MAXLEN', ARGV[5], '*', 'resource', ARGV[6], 'change', ARGV[7])
-redis.call('HSET', sk, 'last_change', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local id = redis.call('XADD', changes, 'MAXLEN', ARGV[5], '*', 'resource', ARGV[6], 'change', ARGV[7])
+redis.call('HSET', sk, 'last_change', now_ms())
 return id

@@ -1,12 +1,13 @@
 -- The schedulers due now, with what computing their next fire time needs.
--- KEYS[1] = schedulers ZSET. ARGV: prefix, max count.
+-- KEYS: schedulers
+-- ARGV: prefix, max count.
 -- Returns: server time (ms), the earliest score not returned ("" if none), then 4 fields per
--- scheduler: id, score, spec, slot.
+-- scheduler: id, score, spec, slot ("" = the score is the slot).
+local schedulers = KEYS[1]
 local P, limit = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', P .. 'schedulers', '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-local after = redis.call('ZRANGEBYSCORE', P .. 'schedulers', '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', schedulers, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+local after = redis.call('ZRANGEBYSCORE', schedulers, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 local out = {now, after[2] or ''}
 if #due >= 2 * limit then out[2] = now end
 for i = 1, #due, 2 do
@@ -17,7 +18,7 @@ for i = 1, #due, 2 do
     out[#out + 1] = s[1]
     out[#out + 1] = s[2] or ''
   else
-    redis.call('ZREM', P .. 'schedulers', due[i]) -- an entry without its hash never runs
+    redis.call('ZREM', schedulers, due[i]) -- an entry without its hash never runs
   end
 end
 return out

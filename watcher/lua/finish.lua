@@ -1,13 +1,17 @@
 -- Finish jobs: complete, fail, or schedule a retry, each only if the caller still holds the
 -- job's lease token (a job whose lease expired and was taken again is not the caller's).
--- KEYS[1] = active ZSET. ARGV: prefix, keep ms, keep ms for a scheduler's successful run
--- (its outcome lives on in the scheduler's report), finished cap, then 7 fields per job:
---   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none), report ("~" = none)
 -- A completed scheduler run writes its state back fenced: only if the state epoch is unchanged
--- and no newer run wrote first. Returns one code per job: 1 done, 0 lost lease, 2 state fenced off.
+-- and no newer run wrote first; a fenced-off write is counted in stat:fenced.
+-- KEYS: active delayed events finished stat:completed stat:failed stat:fenced
+-- ARGV: prefix, keep ms, keep ms for a scheduler's successful run (its outcome lives on in the
+-- scheduler's report), finished cap, then 7 fields per job:
+--   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none),
+--   report ("~" = none)
+-- Returns: one code per job: 1 done, 0 lease lost, 2 done but its state write was fenced off.
+local active, delayed, events, finished = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local completed, failed, fenced = KEYS[5], KEYS[6], KEYS[7]
 local P, keep, keep_runs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local out = {}
 for b = 5, #ARGV, 7 do
   local jid, token, kind, delay, payload, state, report =
@@ -18,30 +22,28 @@ for b = 5, #ARGV, 7 do
     out[#out + 1] = 0
   else
     local code = 1
-    redis.call('ZREM', P .. 'active', jid)
+    redis.call('ZREM', active, jid)
     local sk = j[2] ~= '' and (P .. 'scheduler:' .. j[2]) or nil
     -- A run of an earlier epoch (the scheduler was reset, or removed and created again)
     -- leaves the scheduler's failures, report and state alone.
     local current = sk ~= nil and redis.call('HGET', sk, 'epoch') == j[6]
     if kind == 'retry' and tonumber(j[3]) < tonumber(j[4]) then
-      redis.call('HSET', jk, 'st', 'delayed', 'token', '', 'err', payload)
-      redis.call('ZADD', P .. 'delayed', now + tonumber(delay), jid)
-      redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', 'retry', 'job', jid,
-        'scheduler', j[2], 'attempt', j[3], 'delay', delay, 'error', payload)
+      redis.call('HSET', jk, 'st', DELAYED, 'token', '', 'err', payload)
+      redis.call('ZADD', delayed, now + tonumber(delay), jid)
+      event(events, 'event', 'retry', 'job', jid, 'scheduler', j[2], 'attempt', j[3],
+        'delay', delay, 'error', payload)
       if current then redis.call('HINCRBY', sk, 'fails', 1) end
     else
       if kind == 'ok' then
-        redis.call('HSET', jk, 'st', 'done', 'token', '', 'res', payload, 'finished', now)
-        redis.call('INCR', P .. 'stat:completed')
+        redis.call('HSET', jk, 'st', DONE, 'token', '', 'res', payload, 'finished', now)
+        redis.call('INCR', completed)
       else
-        redis.call('HSET', jk, 'st', 'failed', 'token', '', 'err', payload, 'finished', now)
-        redis.call('INCR', P .. 'stat:failed')
-        redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', 'failed', 'job', jid,
-          'scheduler', j[2], 'attempt', j[3], 'error', payload)
+        redis.call('HSET', jk, 'st', FAILED, 'token', '', 'err', payload, 'finished', now)
+        redis.call('INCR', failed)
+        event(events, 'event', 'failed', 'job', jid, 'scheduler', j[2], 'attempt', j[3],
+          'error', payload)
       end
-      redis.call('PEXPIRE', jk, (kind == 'ok' and j[2] ~= '') and keep_runs or keep)
-      redis.call('LPUSH', P .. 'finished', jid)
-      redis.call('LTRIM', P .. 'finished', 0, cap - 1)
+      retire(jk, jid, (kind == 'ok' and j[2] ~= '') and keep_runs or keep, finished, cap)
       if sk and redis.call('HGET', sk, 'active') == jid then redis.call('HSET', sk, 'active', '') end
       if current then
         if kind == 'ok' then redis.call('HDEL', sk, 'fails') else redis.call('HINCRBY', sk, 'fails', 1) end
@@ -53,6 +55,7 @@ for b = 5, #ARGV, 7 do
           redis.call('HINCRBY', sk, 'rev', 1)
         else
           code = 2
+          redis.call('INCR', fenced)
         end
       end
     end

@@ -1,21 +1,24 @@
 -- Fire due schedulers: a compare-and-set on each one's next fire time, so a tick fires once
--- however many workers tick at once. KEYS[1] = schedulers ZSET.
--- ARGV: prefix, then 4 fields per scheduler: id, expected score, next score ("" = ended), next slot.
--- With overlap off, a tick whose previous run is still pending or active is skipped and counted.
--- The job carries no data: the run reads the scheduler's data when it starts.
+-- however many workers tick at once. With overlap off, a tick whose previous run is still
+-- pending or active is skipped and counted. The job carries no data: the run reads the
+-- scheduler's data when it starts.
+-- KEYS: schedulers id wait marker
+-- ARGV: prefix, then 4 fields per scheduler: id, expected score, next score ("" = ended),
+-- next slot.
+-- Returns: {fired, skipped}.
+local schedulers, id_key, wait, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local P = ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local fired, skipped = 0, 0
-local live = {wait = true, active = true, delayed = true}
+local live = {[WAIT] = true, [ACTIVE] = true, [DELAYED] = true}
 for b = 2, #ARGV, 4 do
   local id, expected, nxt, slot = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local score = redis.call('ZSCORE', P .. 'schedulers', id)
+  local score = redis.call('ZSCORE', schedulers, id)
   if score and tonumber(score) == tonumber(expected) then
     local key = P .. 'scheduler:' .. id
     local s = redis.call('HMGET', key, 'spec', 'active', 'overlap', 'limit', 'count', 'attempts')
     if not s[1] then
-      redis.call('ZREM', P .. 'schedulers', id) -- a scheduler without its hash: nothing to run
+      redis.call('ZREM', schedulers, id) -- a scheduler without its hash: nothing to run
     else
       local limit, count = tonumber(s[4]) or 0, tonumber(s[5]) or 0
       local busy = false
@@ -26,18 +29,18 @@ for b = 2, #ARGV, 4 do
         skipped = skipped + 1
         redis.call('HINCRBY', key, 'skipped', 1) -- counted, not streamed: overload would flood it
       else
-        local jid = tostring(redis.call('INCR', P .. 'id'))
+        local jid = tostring(redis.call('INCR', id_key))
         redis.call('HSET', P .. 'job:' .. jid, 'name', '', 'sched', id, 'at', expected,
-          'st', 'wait', 'att', 0, 'max', s[6] or 3, 'created', now)
-        redis.call('RPUSH', P .. 'wait', jid)
+          'st', WAIT, 'att', 0, 'max', s[6] or DEFAULT_ATTEMPTS, 'created', now)
+        redis.call('RPUSH', wait, jid)
         count = count + 1
         redis.call('HSET', key, 'active', jid, 'count', count)
         fired = fired + 1
       end
       if nxt == '' or (limit > 0 and count >= limit) then
-        redis.call('ZREM', P .. 'schedulers', id)
+        redis.call('ZREM', schedulers, id)
       else
-        redis.call('ZADD', P .. 'schedulers', nxt, id)
+        redis.call('ZADD', schedulers, nxt, id)
         if slot == nxt then
           redis.call('HDEL', key, 'slot') -- no jitter: the score is the slot
         else
@@ -47,8 +50,5 @@ for b = 2, #ARGV, 4 do
     end
   end
 end
-if fired > 0 then
-  redis.call('LPUSH', P .. 'marker', 1)
-  redis.call('LTRIM', P .. 'marker', 0, 63)
-end
+if fired > 0 then wake(marker) end
 return {fired, skipped}

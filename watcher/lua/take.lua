@@ -1,19 +1,21 @@
 -- Take up to n jobs for a worker: promote due delayed jobs, pop from wait, lease each one
 -- (active ZSET: job -> deadline) under a fresh token. A scheduler's run reads the scheduler's
 -- data and state now (the latest), and gets a run sequence number and the state epoch that
--- fence its write-back. KEYS[1] = wait LIST.
+-- fence its write-back.
+-- KEYS: delayed wait active marker
 -- ARGV: prefix, n, lease ms, worker id, token prefix.
--- Returns 11 fields per job: id, token, name, data, state, scheduler, at, attempt, max, seq, epoch.
+-- Returns: 11 fields per job: id, token, name, data, state, scheduler, at, attempt, max, seq,
+-- epoch (scheduler, at, seq and epoch are "" for a one-off job).
+local delayed, wait, active, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local P, n, lease, worker, tp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 1000)
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
 for _, jid in ipairs(due) do
-  redis.call('ZREM', P .. 'delayed', jid)
-  redis.call('RPUSH', P .. 'wait', jid)
-  redis.call('HSET', P .. 'job:' .. jid, 'st', 'wait')
+  redis.call('ZREM', delayed, jid)
+  redis.call('RPUSH', wait, jid)
+  redis.call('HSET', P .. 'job:' .. jid, 'st', WAIT)
 end
-local ids = redis.call('LPOP', P .. 'wait', n)
+local ids = redis.call('LPOP', wait, n)
 if not ids then return {} end
 local out = {}
 for i, jid in ipairs(ids) do
@@ -37,17 +39,14 @@ for i, jid in ipairs(ids) do
     if runnable then
       local token = tp .. i
       local att = tonumber(j[5]) + 1
-      redis.call('HSET', jk, 'st', 'active', 'token', token, 'wk', worker, 'started', now,
+      redis.call('HSET', jk, 'st', ACTIVE, 'token', token, 'wk', worker, 'started', now,
         'att', att, 'seq', seq, 'epoch', epoch)
-      redis.call('ZADD', P .. 'active', now + lease, jid)
+      redis.call('ZADD', active, now + lease, jid)
       for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch}) do
         out[#out + 1] = v
       end
     end
   end
 end
-if redis.call('LLEN', P .. 'wait') > 0 then
-  redis.call('LPUSH', P .. 'marker', 1)
-  redis.call('LTRIM', P .. 'marker', 0, 63)
-end
+if redis.call('LLEN', wait) > 0 then wake(marker) end
 return out

@@ -1,26 +1,29 @@
--- Upsert schedulers, atomically. KEYS[1] = schedulers ZSET.
+-- Upsert schedulers, atomically. "~" means "not given, keep".
+-- fence is "" (a configuration upsert) or "seq:epoch" (a run writing back: applied only if the
+-- scheduler's state epoch is unchanged and no newer run wrote first; else counted in
+-- stat:fenced). A changed scope resets the state and takes a new epoch, fencing off old runs.
+-- Epochs come from one queue-wide counter, so a scheduler removed and created again never
+-- reuses an epoch that a run still in flight could carry.
+-- KEYS: schedulers epochs stat:fenced
 -- ARGV: prefix, then a JSON array with one array of 14 strings per scheduler (one argument
 -- instead of thousands: packing arguments is what costs a client most):
 --   id, name, data, spec, next, slot, scope, owner, overlap, limit, attempts, fence, state,
 --   first (the first fire time when created, "" = next: "run immediately" passes now)
--- "~" means "not given, keep". fence is "" (a configuration upsert) or "seq:epoch" (a run
--- writing back: applied only if the scheduler's state epoch is unchanged and no newer run
--- wrote first). A changed scope resets the state and takes a new epoch, fencing off old runs.
--- Epochs come from one queue-wide counter, so a scheduler removed and created again never
--- reuses an epoch that a run still in flight could carry.
+-- Returns: one word per row: created, updated, unchanged, fenced or missing (a write-back to a
+-- scheduler that no longer exists).
+local schedulers, epochs, fenced = KEYS[1], KEYS[2], KEYS[3]
 local P = ARGV[1]
 local rows = cjson.decode(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local K = '~'
 local out = {}
 -- The slot (next fire time without jitter) is stored only when it differs from the score.
 local function set_next(key, id, nxt, slot)
-  redis.call('ZADD', P .. 'schedulers', nxt, id)
+  redis.call('ZADD', schedulers, nxt, id)
   if slot == nxt then redis.call('HDEL', key, 'slot') else redis.call('HSET', key, 'slot', slot) end
 end
 -- Fields not stored while at these values (HMGET returns nil for them).
-local DEFAULT = {owner = '', overlap = '0', limit = '0', attempts = '3', scope = ''}
+local DEFAULT = {owner = '', overlap = '0', limit = '0', attempts = tostring(DEFAULT_ATTEMPTS), scope = ''}
 for _, row in ipairs(rows) do
   local id, name, data, spec, nxt, slot = row[1], row[2], row[3], row[4], row[5], row[6]
   local scope, owner, overlap, limit, attempts = row[7], row[8], row[9], row[10], row[11]
@@ -34,6 +37,7 @@ for _, row in ipairs(rows) do
       local cur = redis.call('HMGET', key, 'epoch', 'wseq', 'spec')
       local seq, epoch = string.match(fence, '^(%d+):(%d+)$')
       if cur[1] ~= epoch or tonumber(seq) < tonumber(cur[2] or '0') then
+        redis.call('INCR', fenced)
         out[#out + 1] = 'fenced'
       else
         redis.call('HSET', key, 'wseq', seq, 'updated', now)
@@ -50,7 +54,7 @@ for _, row in ipairs(rows) do
   elseif not exists then
     -- fields at their default value are not stored: an idle scheduler stays small
     if first ~= '' then nxt, slot = first, first end
-    local epoch = redis.call('INCR', P .. 'epochs')
+    local epoch = redis.call('INCR', epochs)
     redis.call('HSET', key, 'name', name, 'data', data, 'spec', spec, 'epoch', epoch, 'rev', 1,
       'created', now)
     if state ~= K and state ~= '{}' then redis.call('HSET', key, 'state', state) end
@@ -79,7 +83,7 @@ for _, row in ipairs(rows) do
     if scope ~= K and scope ~= (cur[7] or '') then
       redis.call('HSET', key, 'scope', scope)
       redis.call('HDEL', key, 'state')
-      redis.call('HSET', key, 'epoch', redis.call('INCR', P .. 'epochs'))
+      redis.call('HSET', key, 'epoch', redis.call('INCR', epochs))
       changed = true
     elseif state ~= K then
       redis.call('HSET', key, 'state', state)

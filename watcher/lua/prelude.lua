@@ -1,0 +1,27 @@
+-- The prelude of every script: watcher/scripts.py puts it in front of each one, after the
+-- constants it writes from Python (DEFAULT_ATTEMPTS, EVENTS_MAX, MARKER_MAX, and the job
+-- states WAIT, DELAYED, ACTIVE, DONE, FAILED), so that each value has one home.
+
+-- Redis server time in ms: every worker reads the same clock, whatever its own says.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Wake idle workers (they BLPOP the marker list). Capped: a wake-up is a hint, not a count.
+local function wake(marker)
+  redis.call('LPUSH', marker, 1)
+  redis.call('LTRIM', marker, 0, MARKER_MAX - 1)
+end
+
+-- Append to the capped events stream; the arguments are field, value pairs.
+local function event(events, ...)
+  redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAX, '*', ...)
+end
+
+-- Move a finished job out of sight: kept for `keep` ms, listed among the newest finished.
+local function retire(job_key, jid, keep, finished, cap)
+  redis.call('PEXPIRE', job_key, keep)
+  redis.call('LPUSH', finished, jid)
+  redis.call('LTRIM', finished, 0, cap - 1)
+end

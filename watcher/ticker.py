@@ -1,0 +1,54 @@
+"""The ticker: fires the schedulers that are due, whatever the number of workers ticking.
+
+Each tick reads what is due (due.lua), computes each one's next fire time here (the
+schedule math is Python's: APScheduler triggers), and fires them with a compare-and-set on
+their fire time (fire.lua), so a tick fires once however many tickers race for it.
+"""
+
+from __future__ import annotations
+
+from watcher.queue import Fire, Queue
+from watcher.repeat import Repeater
+
+__all__ = ["Ticker"]
+
+IDLE_TICK = 0.1
+"""Seconds between ticks when nothing is due sooner."""
+MIN_TICK = 0.01
+"""Seconds at least between ticks: firing in small batches costs more than the lateness."""
+
+
+class Ticker:
+    def __init__(self, queue: Queue, repeater: Repeater | None = None, *, batch: int = 500):
+        self.queue = queue
+        self.repeater = repeater or Repeater()
+        self.batch = batch
+        self.fired = 0
+        self.skipped = 0
+
+    async def run(self) -> None:
+        """Tick until `stop()` (a ticker alone, without running jobs)."""
+        await self.repeater.repeat(self.tick)
+
+    def stop(self) -> None:
+        self.repeater.stop()
+
+    async def tick(self) -> float:
+        """Fire what is due; returns the seconds to wait before the next tick."""
+        due = await self.queue.due(self.batch)
+        now = due.now_ms
+        soonest = now + IDLE_TICK * 1000 if due.soonest_ms is None else due.soonest_ms
+        fires = []
+        for scheduler in due.schedulers:
+            schedule = scheduler.schedule
+            slot = schedule.next_slot(scheduler.id, now, scheduler.slot_ms)
+            fire_at = None if slot is None else schedule.fire_time(slot)
+            if fire_at is not None:
+                soonest = min(soonest, fire_at)
+            fires.append(Fire(scheduler.id, scheduler.score_ms, fire_at, slot or 0))
+        fired, skipped = await self.queue.fire(fires)
+        self.fired += fired
+        self.skipped += skipped
+        if len(fires) >= self.batch:
+            return 0.0  # more are due
+        return min(IDLE_TICK, max(MIN_TICK, (soonest - now) / 1000))
