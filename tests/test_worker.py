@@ -6,8 +6,11 @@ import asyncio
 import itertools
 import time
 
+from rich.console import Console
+
 from watcher.jobs import JobState
 from watcher.queue import Fence, Queue
+from watcher.status import collect, render
 from watcher.ticker import Ticker
 from watcher.worker import Fail, Job, Outcome, Retry, Worker
 
@@ -183,6 +186,9 @@ async def test_fencing_state_reset_by_reconfiguration(queue: Queue) -> None:
     info = await queue.get_scheduler("res")
     assert info is not None and "etag" not in info.state
     assert (await queue.counts())["fenced"] == 2  # the run's own upsert and its completion
+    console = Console(width=200, record=True)
+    console.print(render(await collect(queue)))
+    assert "fenced writes 2" in console.export_text()  # shown in `watcher status`
 
 
 async def test_write_back_fence_rules(queue: Queue) -> None:

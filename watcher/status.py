@@ -145,6 +145,8 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
         ("  failed ", "dim"),
         str(c["failed"]),
     )
+    if c.get("fenced"):  # old runs' write-backs dropped: normal under overlap or a reconfig
+        header.append_text(Text.assemble(("  fenced writes ", "dim"), str(c["fenced"])))
     table = Table(expand=True, show_edge=False, pad_edge=False)
     for column in ("resource", "check", "schedule", "last run", "result", "last change", "next"):
         table.add_column(column, overflow="fold" if column == "result" else "ellipsis")
