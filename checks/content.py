@@ -15,16 +15,16 @@ from typing import Any
 
 import httpx
 
-from checks._http import read_body, require_success, stream
 from watcher.check import CheckContext, CheckFailed, CheckResult
+from watcher.fetch import require_success
 
 TEXT_CAP = 64 * 1024
 
 
 async def check(ctx: CheckContext) -> CheckResult:
-    async with stream(ctx) as response:
+    async with ctx.stream() as response:
         require_success(response)
-        body = await read_body(ctx, response)
+        body = await ctx.read_body(response)
     data, text = select(ctx.resource.options, body, response)
     new: dict[str, Any] = {
         "content_hash": hashlib.sha256(data).hexdigest(),
@@ -111,7 +111,17 @@ def _result(old: dict[str, Any], new: dict[str, Any]) -> CheckResult:
     if details and details.startswith("---"):
         added, removed = _count(details)
         summary += f" (+{added} -{removed} lines)"
-    return CheckResult(True, new, summary, details=details, status_code=status)
+    # The hash, not the text kept for diffs: the text is in the details.
+    shown = {"content_hash": old["content_hash"]} if old.get("content_hash") else {}
+    return CheckResult(
+        True,
+        new,
+        summary,
+        details=details,
+        status_code=status,
+        old=shown,
+        new={"content_hash": new["content_hash"]},
+    )
 
 
 def _diff(before: str | None, after: str | None) -> str | None:

@@ -14,23 +14,25 @@ from typing import Any
 
 import httpx
 
-from checks._http import header, read_body, require_success, stream
 from watcher.check import CheckContext, CheckFailed, CheckResult
+from watcher.fetch import header, require_success
 
 NO_VALIDATORS = "no validators; using content hash"
+# What a change shows as old → new: the validators, not the status code kept beside them.
+VALIDATORS = ("etag", "last_modified", "content_hash")
 MAX_ETAG_LENGTH = 1024
 # RFC 9110 entity-tag: optional W/, then a quoted string of etagc (ASCII only here).
 ETAG_RE = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
 
 
 async def check(ctx: CheckContext) -> CheckResult:
-    async with stream(ctx, headers=conditional_headers(ctx.state)) as response:
+    async with ctx.stream(headers=conditional_headers(ctx.state)) as response:
         if response.status_code == 304:
             return _not_modified(ctx, response)
         require_success(response)
         etag, last_modified = _validators(ctx, response)
         # The body matters only when there is no validator to compare.
-        body = None if etag or last_modified else await read_body(ctx, response)
+        body = None if etag or last_modified else await ctx.read_body(response)
     new: dict[str, Any] = {"status_code": response.status_code}
     if etag:
         new["etag"] = etag
@@ -48,6 +50,10 @@ def conditional_headers(state: dict[str, Any]) -> dict[str, str]:
     if state.get("last_modified"):
         headers["If-Modified-Since"] = state["last_modified"]
     return headers
+
+
+def validators(state: dict[str, Any]) -> dict[str, Any]:
+    return {key: state[key] for key in VALIDATORS if state.get(key) is not None}
 
 
 def weak_equal(a: str, b: str) -> bool:
@@ -111,7 +117,14 @@ def _result(old: dict[str, Any], new: dict[str, Any]) -> CheckResult:
             baseline=True,
         )
     changed, summary = _compare(old, new)
-    return CheckResult(changed=changed, state=new, summary=summary, status_code=status)
+    return CheckResult(
+        changed=changed,
+        state=new,
+        summary=summary,
+        status_code=status,
+        old=validators(old),
+        new=validators(new),
+    )
 
 
 def _compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[bool, str]:

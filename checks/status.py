@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks._http import stream
 from watcher.check import CheckContext, CheckResult, TransientCheckError
 
 
@@ -27,21 +26,24 @@ async def check(ctx: CheckContext) -> CheckResult:
         )
     changed = (old.get("status_code"), old.get("reachable")) != (status, new["reachable"])
     summary = f"{describe(old)} → {describe(new)}" if changed else f"unchanged: {describe(new)}"
-    return CheckResult(changed=changed, state=new, summary=summary, status_code=status)
+    # No validators to show as old → new: the summary ("200 OK → unreachable") says it all.
+    return CheckResult(
+        changed=changed, state=new, summary=summary, status_code=status, old={}, new={}
+    )
 
 
 async def observe(ctx: CheckContext) -> dict[str, Any]:
     """What the resource answers now: its status line, or why it could not be reached."""
     follow = bool(ctx.resource.options.get("follow_redirects", True))
     try:
-        async with stream(ctx, follow=follow) as response:
+        async with ctx.stream(follow=follow) as response:
             return {
                 "status_code": response.status_code,
                 "reachable": True,
                 "reason": response.reason_phrase,
             }
     except TransientCheckError as exc:
-        # Only transport failures arrive here: stream() does not judge status codes.
+        # Only transport failures arrive here: ctx.stream() does not judge status codes.
         return {"status_code": None, "reachable": False, "reason": exc.reason}
 
 

@@ -48,6 +48,9 @@ async def test_unchanged_and_changed_with_a_diff(httpx_mock: HTTPXMock, make_ctx
     assert "-b" in moved.details.splitlines()
     assert "+B" in moved.details.splitlines()
     assert "+d" in moved.details.splitlines()
+    # The change shows the hashes; the text is in the diff, not repeated as old → new.
+    assert moved.old == {"content_hash": sha("a\nb\nc\n")}
+    assert moved.new == {"content_hash": sha("a\nB\nc\nd\n")}
 
 
 async def test_binary_bodies_keep_no_text(httpx_mock: HTTPXMock, make_ctx: MakeCtx) -> None:
@@ -86,9 +89,9 @@ async def test_invalid_regex_fails(httpx_mock: HTTPXMock, make_ctx: MakeCtx) -> 
 async def test_json_path_selects_a_value(httpx_mock: HTTPXMock, make_ctx: MakeCtx) -> None:
     doc = {"data": {"items": [{"price": 10, "seen": 1}, {"price": 12}]}}
     httpx_mock.add_response(json=doc)
-    doc["data"]["items"][0]["seen"] = 2  # type: ignore[index]
+    doc["data"]["items"][0]["seen"] = 2
     httpx_mock.add_response(json=doc)
-    doc["data"]["items"][0]["price"] = 11  # type: ignore[index]
+    doc["data"]["items"][0]["price"] = 11
     httpx_mock.add_response(json=doc)
     options = {"json_path": "data.items.0.price"}
     first = await content.check(make_ctx(options=options))

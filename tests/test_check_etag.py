@@ -93,6 +93,8 @@ async def test_200_with_a_new_etag_is_a_change(httpx_mock: HTTPXMock, make_ctx: 
     assert result.summary == 'ETag "a" → "b"'
     assert result.status_code == 200
     assert result.state == {"etag": '"b"', "status_code": 200}
+    # The change shows the validators, not the status code kept beside them.
+    assert (result.old, result.new) == ({"etag": '"a"'}, {"etag": '"b"'})
     assert sent(httpx_mock)["if-none-match"] == '"a"'
 
 
@@ -189,6 +191,8 @@ async def test_no_validators_falls_back_to_a_content_hash(
     assert moved.changed
     assert "no validators; using content hash" in moved.summary
     assert moved.state["content_hash"] == hashlib.sha256(b"v2").hexdigest()
+    assert moved.old == {"content_hash": first.state["content_hash"]}
+    assert moved.new == {"content_hash": moved.state["content_hash"]}
     for request in httpx_mock.get_requests():
         assert "if-none-match" not in request.headers
         assert "if-modified-since" not in request.headers
@@ -201,6 +205,7 @@ async def test_a_switch_of_validator_kind_is_reported(
     result = await etag.check(make_ctx({"content_hash": "0" * 64}))
     assert result.changed
     assert "validators changed" in result.summary
+    assert (result.old, result.new) == ({"content_hash": "0" * 64}, {"etag": '"a"'})
 
 
 # --- body cap --------------------------------------------------------------

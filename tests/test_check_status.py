@@ -58,6 +58,7 @@ async def test_status_code_change(httpx_mock: HTTPXMock, make_ctx: MakeCtx) -> N
     assert result.summary == "200 OK → 503 Service Unavailable"
     assert result.state == {"status_code": 503, "reachable": True, "reason": "Service Unavailable"}
     assert result.status_code == 503
+    assert (result.old, result.new) == ({}, {})  # the summary says it; no validators to show
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,9 @@ from rich.console import Console
 
 from watcher.queue import Queue
 from watcher.status import collect, live, render
+from watcher.worker import Fail, Job, Worker
 
-from .helpers import wait_for
+from .helpers import running, wait_for
 from .origin import Origin
 
 WATCHER = str(Path(sys.executable).parent / "watcher")
@@ -303,15 +304,28 @@ async def test_status_live_renders_the_table(queue: Queue) -> None:
 
 
 async def test_status_table_shows_failing_resources_first_within_the_limit(queue: Queue) -> None:
-    for i in range(5):
-        await queue.upsert_scheduler(f"ok{i}", name="etag", data={"url": "http://x/"}, every=30)
-    await queue.upsert_scheduler("broken", name="etag", data={"url": "http://x/"}, every=30)
-    await queue.redis.hset(queue.key("scheduler:broken"), "fails", 3)
+    for id in ("ok0", "ok1", "ok2", "broken", "ok3", "ok4"):
+        await queue.upsert_scheduler(
+            id, name="etag", data={"url": "http://x/"}, every=30, immediately=True
+        )
+
+    async def run(job: Job) -> None:
+        if job.scheduler_id == "broken":
+            raise Fail("404 Not Found")
+
+    async with running(Worker(queue, {"etag": run})):
+        await wait_for(lambda: _failures(queue, "broken"), 5)
     console = Console(file=io.StringIO(), width=120, record=True)
-    console.print(render(await collect(queue), limit=2))
+    console.print(render(await collect(queue, limit=2), limit=2))
     text = console.export_text()
-    assert text.index("broken") < text.index("ok0")
-    assert "ok1" not in text and "4 more not shown" in text
+    shown = [id for id in ("ok0", "ok1", "ok2", "ok3", "ok4") if id in text]
+    assert len(shown) == 1 and text.index("broken") < text.index(shown[0])
+    assert "4 more not shown" in text
+
+
+async def _failures(queue: Queue, id: str) -> int:
+    info = await queue.get_scheduler(id)
+    return info.fails if info else 0
 
 
 async def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(

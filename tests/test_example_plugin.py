@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import shutil
 import subprocess
@@ -25,12 +26,10 @@ URL = "https://example.test/changelog"
 
 def _can_build_wheels_offline() -> bool:
     """setuptools builds wheels by itself from 70.1; before that it needs ``wheel``."""
-    try:
-        import wheel  # noqa: F401
-    except ImportError:
-        major, minor = importlib.metadata.version("setuptools").split(".")[:2]
-        return (int(major), int(minor)) >= (70, 1)
-    return True
+    if importlib.util.find_spec("wheel") is not None:
+        return True
+    major, minor = importlib.metadata.version("setuptools").split(".")[:2]
+    return (int(major), int(minor)) >= (70, 1)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +102,7 @@ async def test_runs_against_a_mocked_page(
     assert second.changed
     assert second.summary == "3 → 4 words"
     assert second.state == {"words": 4}
+    assert (second.old, second.new) == ({"words": 3}, {"words": 4})
     assert second.status_code == 200
 
 
@@ -114,6 +114,14 @@ async def test_min_delta_keeps_the_reported_count(
     result = await check(context(client, {"words": 3}, min_delta=5))
     assert not result.changed
     assert result.state == {"words": 3}
+
+
+async def test_a_page_over_max_bytes_fails(
+    installed: Path, httpx_mock: HTTPXMock, client: httpx.AsyncClient
+) -> None:
+    httpx_mock.add_response(url=URL, text="word " * 100)
+    with pytest.raises(CheckFailed, match="body too large"):
+        await load_check("word-count")(context(client, {"words": 1}, max_bytes=64))
 
 
 @pytest.mark.parametrize(

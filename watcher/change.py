@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+__all__ = ["Change"]
+
 
 @dataclass(frozen=True)
 class Change:
@@ -15,8 +17,10 @@ class Change:
     time: float
     """Unix time in seconds (Redis server time) when the change was detected."""
     old: dict[str, Any] = field(default_factory=dict)
-    """Validators before the change (etag, last_modified, content_hash)."""
+    """What the check showed as before the change (`CheckResult.old`: the validators for
+    ``etag``; by default the state before the run), secret header values masked."""
     new: dict[str, Any] = field(default_factory=dict)
+    """What the check showed as after (`CheckResult.new`; by default the new state)."""
     status_code: int | None = None
     summary: str = ""
     details: str | None = None

@@ -3,7 +3,9 @@
 A check is an async callable ``check(ctx: CheckContext) -> CheckResult``. It is
 registered under a name (entry point group ``watcher.checks``) or referred to by
 a dotted path ``package.module:name`` in the YAML. Built-in checks in ``checks/``
-use only this module, exactly as a third-party plugin would.
+use only this module and `watcher.fetch` (the safe HTTP exchange, also reachable as
+``ctx.fetch()``, ``ctx.stream()`` and ``ctx.read_body()``), exactly as a third-party plugin
+would. Importing it does no I/O.
 """
 
 from __future__ import annotations
@@ -13,13 +15,29 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from watcher import masking
+
+if TYPE_CHECKING:
+    from watcher.fetch import Fetched
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Check",
+    "CheckContext",
+    "CheckFailed",
+    "CheckResult",
+    "Resource",
+    "SchedulerUpsert",
+    "TransientCheckError",
+    "parse_retry_after",
+]
 
 ENTRY_POINT_GROUP = "watcher.checks"
 
@@ -83,6 +101,31 @@ class CheckContext:
     def first_run(self) -> bool:
         return not self.state
 
+    # The safe fetch, on the context. `watcher.fetch` builds on this module, so it is
+    # imported when first used, not here: this module stays the ground, importable alone.
+
+    async def fetch(self, *, headers: Mapping[str, str] | None = None) -> Fetched:
+        """The resource's 2xx response after safe redirects, body read with the cap
+        (`watcher.fetch.fetch`); anything else raises CheckFailed / TransientCheckError."""
+        from watcher import fetch as safe
+
+        return await safe.fetch(self, headers=headers)
+
+    def stream(
+        self, *, headers: Mapping[str, str] | None = None, follow: bool = True
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """``async with ctx.stream() as response``: the final response after safe
+        redirects, body unread, status not judged (`watcher.fetch.stream`)."""
+        from watcher import fetch as safe
+
+        return safe.stream(self, headers=headers, follow=follow)
+
+    async def read_body(self, response: httpx.Response) -> bytes:
+        """A streamed response's body, capped (`watcher.fetch.read_body`)."""
+        from watcher import fetch as safe
+
+        return await safe.read_body(self, response)
+
 
 @dataclass
 class CheckResult:
@@ -97,6 +140,12 @@ class CheckResult:
     """True on the first run: the state was recorded, nothing is reported as a change."""
     every: float | None = None
     """A new interval in seconds for the next runs, or None to keep the schedule."""
+    old: dict[str, Any] | None = None
+    """What a change is shown as *before* in the history, status and notifications, e.g.
+    ``{"etag": '"v1"'}``: small, JSON-serialisable; string values are masked like the
+    summary. None shows the state before the run (``ctx.state``). Read only on a change."""
+    new: dict[str, Any] | None = None
+    """What a change is shown as *after*, as `old`. None shows the new ``state``."""
 
 
 class CheckFailed(Exception):
@@ -119,13 +168,6 @@ class TransientCheckError(CheckFailed):
 
 
 Check = Callable[[CheckContext], Awaitable[CheckResult]]
-
-VALIDATOR_KEYS = ("etag", "last_modified", "content_hash")
-
-
-def validators(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The validator part of a state, as recorded in the change history."""
-    return {key: state[key] for key in VALIDATOR_KEYS if state.get(key) is not None}
 
 
 def parse_retry_after(value: str | None) -> float | None:

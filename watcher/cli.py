@@ -8,28 +8,36 @@ import contextlib
 import json
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import AuthenticationError
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
 from watcher import __version__
-from watcher.config import Config, ConfigError, NotifierConfig, load_config
-from watcher.queue import Queue
+from watcher.backoff import backoff
+from watcher.connection import QueueSettings, read_queue_settings
+from watcher.queue import UNAVAILABLE, Queue
 from watcher.redis_server import RedisServer, RedisServerError
 from watcher.registry import PluginError, load_check
-from watcher.runner import CheckRunner, serve
+from watcher.yaml_source import ConfigError
+
+if TYPE_CHECKING:  # the read commands (status, history) start faster without them
+    from watcher.config import Config, NotifierConfig
+    from watcher.runner import CheckRunner
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EMBEDDED_DIR = Path(".watcher")
+REDIS_CONNECT_TIMEOUT = 5.0
+"""Seconds one attempt to reach Redis may take while waiting for it."""
 log = logging.getLogger("watcher")
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 console = Console()
@@ -45,6 +53,8 @@ class CommandError(Exception):
 
 def read_config(path: str) -> Config:
     """Load and validate the YAML, including that every check can be loaded."""
+    from watcher.config import load_config
+
     config = load_config(path)
     problems = []
     failed: dict[str, PluginError | None] = {}
@@ -66,13 +76,15 @@ def read_config(path: str) -> Config:
     return config
 
 
-def configured_redis(args: argparse.Namespace, config: Config | None) -> str | None:
+def configured_redis(
+    args: argparse.Namespace, config: QueueSettings | Config | None
+) -> str | None:
     return args.redis or os.environ.get("WATCHER_REDIS_URL") or (config.redis if config else None)
 
 
 @contextlib.asynccontextmanager
 async def open_queue(
-    args: argparse.Namespace, config: Config | None, *, announce: bool = False
+    args: argparse.Namespace, config: QueueSettings | Config | None, *, announce: bool = False
 ) -> AsyncIterator[Queue]:
     """The queue on the configured Redis, else on the embedded one (started if needed)."""
     url = configured_redis(args, config)
@@ -95,6 +107,53 @@ async def open_queue(
         if server:
             server.stop()
             (EMBEDDED_DIR / "redis.url").unlink(missing_ok=True)
+
+
+async def wait_for_redis(args: argparse.Namespace, config: Config | None) -> bool:
+    """Wait, with backoff, until the configured Redis answers (a worker started beside its
+    Redis must not lose the race), unless --no-wait; False when SIGTERM came meanwhile.
+    The embedded Redis is started, not waited for; a wrong password is not waited out."""
+    url = configured_redis(args, config)
+    if url is None or args.no_wait:
+        return True
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    started = time.monotonic()
+    attempt = 0
+    try:
+        while True:
+            try:
+                probe = await asyncio.wait_for(Queue.connect(url), REDIS_CONNECT_TIMEOUT)
+            except AuthenticationError:
+                return True  # open_queue reports it
+            except UNAVAILABLE as exc:
+                if attempt == 0:
+                    log.warning("waiting for Redis at %s (%s); retrying", _safe_url(url), _why(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff(attempt, 0.2, 5.0))
+                if stop.is_set():
+                    return False
+                attempt += 1
+                continue
+            except Exception:
+                return True  # not a Redis that is still starting: open_queue reports it
+            await probe.close()
+            if attempt:
+                waited = time.monotonic() - started
+                log.info("Redis at %s is up after %.1fs", _safe_url(url), waited)
+            return True
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _why(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: 'connection refused'."""
+    text = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
+    if found := re.match(r"Error (-?\d+) connecting to \S+\. (.*?)\.?$", text):
+        number, detail = int(found[1]), found[2]
+        text = os.strerror(number) if number > 0 else detail
+    return text[:1].lower() + text[1:]
 
 
 def embedded_redis(announce: bool) -> tuple[str, RedisServer | None]:
@@ -134,15 +193,26 @@ def _safe_url(url: str) -> str:
 
 
 async def do_sync(queue: Queue, config: Config, *, dry_run: bool, quiet: bool = False) -> int:
-    from watcher.sync import apply_plan, plan_sync
+    from watcher.sync import apply_plan, mark_synced, plan_sync
 
     plan = await plan_sync(queue, config)
     if not quiet or not plan.empty:
         print_plan(plan, config, dry_run)
-    if dry_run or plan.empty:
+    if dry_run:
+        return EXIT_OK
+    if plan.empty:
+        await mark_synced(queue, config)
         return EXIT_OK
     total = len([s for s in plan.steps if s.action != "conflict"])
     if total > 2000:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         with Progress(
             TextColumn("syncing"),
             BarColumn(),
@@ -155,6 +225,7 @@ async def do_sync(queue: Queue, config: Config, *, dry_run: bool, quiet: bool = 
             await apply_plan(queue, plan, lambda n: progress.advance(task, n))
     else:
         await apply_plan(queue, plan)
+    await mark_synced(queue, config)
     return EXIT_OK
 
 
@@ -202,15 +273,30 @@ async def cmd_sync(args: argparse.Namespace) -> int:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
+    from watcher.runner import serve
+
     config = read_config(args.config)
     if args.quiet:
         logging.getLogger("watcher.runs").setLevel(logging.WARNING)
+    if not await wait_for_redis(args, config):
+        return EXIT_OK
     async with open_queue(args, config, announce=True) as queue:
         await do_sync(queue, config, dry_run=False)
         console.print(
             f"watching {len(config.resources)} resource(s) from {config.source} "
             f"with {args.concurrency} concurrent checks; Ctrl-C stops"
         )
+
+        async def sync_again() -> None:
+            """Redis lost the queue's data: sync the YAML again (the keeper calls this)."""
+            try:
+                current = await asyncio.to_thread(read_config, args.config)
+            except (ConfigError, OSError):
+                log.error("%s is unreadable now; syncing the one read at start", args.config)
+                current = config
+            await do_sync(queue, current, dry_run=False, quiet=True)
+            log.warning("synced %s again", current.source)
+
         runners: list[CheckRunner] = []
         reload = asyncio.create_task(watch_config(args, queue, runners))
         try:
@@ -221,6 +307,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 transport=args.transport,
                 install_signal_handlers=True,
                 started=runners.append,
+                worker={"resync": sync_again},
             )
         finally:
             reload.cancel()
@@ -264,12 +351,16 @@ async def watch_config(args: argparse.Namespace, queue: Queue, runners: list[Che
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
+    from watcher.runner import serve
+
     config = _optional_config(args.config)
     if configured_redis(args, config) is None and not (EMBEDDED_DIR / "redis.url").exists():
         raise CommandError(
             "no Redis configured: workers on other machines need a shared Redis; "
             "set WATCHER_REDIS_URL, --redis, or `redis:` in the YAML"
         )
+    if not await wait_for_redis(args, config):
+        return EXIT_OK
     async with open_queue(args, config) as queue:
         console.print(f"worker on queue {queue.name!r}, {args.concurrency} concurrent checks")
         await serve(
@@ -278,6 +369,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             transport=args.transport,
             install_signal_handlers=True,
+            worker={"expect_synced": True},  # a queue no sync wrote checks nothing: say so
         )
     return EXIT_OK
 
@@ -289,25 +381,29 @@ def _optional_config(path: str) -> Config | None:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    from watcher.status import collect, live, render
+    from watcher.status import collect, live, render, write_json
 
-    config = _optional_config(args.config)
-    async with open_queue(args, config) as queue:
+    async with open_queue(args, _queue_settings(args.config)) as queue:
         if args.live:
             with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
                 await live(queue, console, args.interval, args.limit)
             return EXIT_OK
-        snapshot = await collect(queue)
         if args.json:
-            print(json.dumps(snapshot.to_dict(), indent=2, default=str))
-        else:
-            console.print(render(snapshot, args.limit))
+            await write_json(queue, sys.stdout)
+            return EXIT_OK
+        console.print(render(await collect(queue, args.limit), args.limit))
     return EXIT_OK
 
 
+def _queue_settings(path: str) -> QueueSettings | Config | None:
+    """What a read command needs of the YAML: which queue on which Redis."""
+    if not Path(path).exists():
+        return None
+    return read_queue_settings(path)
+
+
 async def cmd_history(args: argparse.Namespace) -> int:
-    config = _optional_config(args.config)
-    async with open_queue(args, config) as queue:
+    async with open_queue(args, _queue_settings(args.config)) as queue:
         changes = await queue.changes(args.id, args.limit)
     if args.json:
         print(json.dumps([c.to_dict() for c in changes], indent=2))
@@ -322,6 +418,8 @@ async def cmd_history(args: argparse.Namespace) -> int:
             f"[dim]{when}[/] [bold]{change.resource}[/] {change.summary}{code}", highlight=False
         )
         if change.details:
+            from rich.syntax import Syntax
+
             console.print(Syntax(change.details, "diff", theme="ansi_dark"))
     return EXIT_OK
 
@@ -404,6 +502,12 @@ def parser() -> argparse.ArgumentParser:
             choices=["aiohttp", "httpx"],
             default="aiohttp",
             help="HTTP transport under the httpx API (default: aiohttp)",
+        )
+        cmd.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="exit 1 at once if the configured Redis is not up (default: wait for it, "
+            "retrying with backoff; the embedded Redis is started instead)",
         )
     run.add_argument("-q", "--quiet", action="store_true", help="log changes and failures only")
     sync = add("sync", "reconcile the YAML into schedulers and print the plan", cmd_sync)

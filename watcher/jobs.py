@@ -21,6 +21,10 @@ so a crash (of a worker, or of Redis between scripts) leaves a job in exactly on
            used up); recover.lua (every attempt  in ``stat:failed`` and the events stream
            lost its lease)
 
+If Redis itself loses its data (restarted without persistence, or flushed), every job is
+gone with it: a worker still running one learns so when extend.lua or finish.lua find no hash
+(``FinishCode.VANISHED``), and its schedulers come back only with the next sync.
+
 A scheduler's run writes its state back (finish.lua, or ``Job.upsert_scheduler``) fenced by
 the run's ``Fence``: a write from an older run, or from before the scheduler's state was
 reset, is dropped and counted in ``stat:fenced``.
@@ -70,6 +74,9 @@ class FinishCode(enum.IntEnum):
     DONE = 1
     FENCED = 2
     """Done, but its state write-back was fenced off (a newer run, or a reset, came first)."""
+    VANISHED = 3
+    """The job's hash is gone: Redis lost its data (restarted without persistence, flushed),
+    or the lease had expired and the job ran elsewhere and has expired since."""
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,34 @@
-"""The keeper: keeps a worker's leases alive, says the worker is alive, and recovers the
-jobs of workers that died (their leases lapsed)."""
+"""The keeper: keeps a worker's leases alive, says the worker is alive, recovers the jobs of
+workers that died (their leases lapsed), and notices when Redis lost the queue's data.
+
+Lost data: every sync writes the queue's `synced` marker. Once the keeper has seen it (or,
+with `expect_synced`, from the start), the marker missing means Redis came back empty
+(restarted without persistence, or flushed): the schedulers are gone and nothing will run.
+With a `resync` the keeper calls it at once (`watcher run` syncs its YAML again); without
+one it warns, once a minute, until a sync writes the marker again.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from watcher.jobs import Lease
 from watcher.queue import Queue
+from watcher.repeat import Repeater
 
 __all__ = ["Keeper"]
 
 log = logging.getLogger("watcher.worker")
 
 RECOVER_BATCH = 1000
+UNSYNCED_WARNING_EVERY = 60.0
+"""Seconds between the warnings of a worker that waits for a sync."""
+RESYNC_RETRY = 10.0
+"""Seconds before a failed re-sync is tried again."""
 
 
 class Keeper:
@@ -29,9 +42,13 @@ class Keeper:
         finished_cap: int,
         leases: Callable[[], Collection[Lease]],
         info: Callable[[], Mapping[str, Any]],
+        repeater: Repeater | None = None,
+        resync: Callable[[], Awaitable[None]] | None = None,
+        expect_synced: bool = False,
     ) -> None:
         """`leases()` says which leases the worker holds now; `info()` what its heartbeat
-        tells status."""
+        tells status. `resync` syncs the queue again when its data was lost;
+        `expect_synced` warns about a queue that was never synced too."""
         self.queue = queue
         self.worker_id = worker_id
         self.lease_ms = lease_ms
@@ -39,8 +56,15 @@ class Keeper:
         self.finished_cap = finished_cap
         self.leases = leases
         self.info = info
+        self.repeater = repeater or Repeater()
+        self.resync = resync
+        self.expect_synced = expect_synced
         self.recovered = 0
         self._last_extend = 0.0
+        self._seen_synced = False
+        self._unsynced_since: float | None = None
+        self._last_unsynced_notice = 0.0
+        self._resyncing: asyncio.Task[None] | None = None
 
     @property
     def period(self) -> float:
@@ -48,26 +72,37 @@ class Keeper:
         return self.lease_ms / 3000
 
     async def step(self) -> float:
-        """Extend and heartbeat every `period`; recover expired leases every call."""
-        if time.monotonic() - self._last_extend >= self.period:
+        """Extend and heartbeat every `period` (every call while Redis refuses writes: the
+        heartbeat is the write that tells when it accepts them again); recover expired
+        leases and look at the sync marker every call."""
+        refusing = self.repeater.refusal is not None
+        if refusing or time.monotonic() - self._last_extend >= self.period:
             await self.extend_leases()
             await self.heartbeat()
             self._last_extend = time.monotonic()
+            self.repeater.writes_accepted()
         recovered = await self.queue.recover(
             limit=RECOVER_BATCH, keep_ms=self.keep_ms, cap=self.finished_cap
         )
         if recovered:
             self.recovered += recovered
             log.warning("recovered %d job(s) whose lease expired", recovered)
+        await self.watch_sync()
         return min(1.0, self.period)
 
     async def extend_leases(self) -> None:
         lost = await self.queue.extend(list(self.leases()), self.lease_ms)
-        if lost:
+        if lost.taken:
             still_held = {lease.job_id for lease in self.leases()}
-            for job_id in lost:
+            for job_id in lost.taken:
                 if job_id in still_held:  # else it finished meanwhile: not lost
                     log.warning("job %s: lease lost (it may run again elsewhere)", job_id)
+        if lost.vanished:
+            log.warning(
+                "%d running job(s) no longer exist in Redis (%s): their results will be dropped",
+                len(lost.vanished),
+                ", ".join(lost.vanished[:5]) + (", …" if len(lost.vanished) > 5 else ""),
+            )
 
     async def heartbeat(self) -> None:
         await self.queue.heartbeat(
@@ -78,4 +113,67 @@ class Keeper:
 
     async def forget(self) -> None:
         """Take this worker off the list of live workers (it is stopping)."""
+        if self._resyncing:
+            self._resyncing.cancel()
         await self.queue.forget_worker(self.worker_id)
+
+    # -- lost data ------------------------------------------------------------------------
+
+    async def watch_sync(self) -> None:
+        marker = await self.queue.sync_marker()
+        if marker is not None:
+            if self._unsynced_since is not None:
+                log.warning(
+                    "queue %r is synced again (%d resource(s) from %s); resuming",
+                    self.queue.name,
+                    marker.resources,
+                    marker.source,
+                )
+            self._seen_synced = True
+            self._unsynced_since = None
+            return
+        if not (self._seen_synced or self.expect_synced):
+            return  # a queue that no sync manages (a library user's): nothing to expect
+        now = time.monotonic()
+        first = self._unsynced_since is None
+        if first:
+            self._unsynced_since = now
+        if self.resync is not None:
+            if self._resyncing is None and (
+                first or now - self._last_unsynced_notice >= RESYNC_RETRY
+            ):
+                self._last_unsynced_notice = now
+                log.warning("%s; syncing the configuration again", await self._lost_data())
+                self._resyncing = asyncio.create_task(self._resync(self.resync))
+        elif first or now - self._last_unsynced_notice >= UNSYNCED_WARNING_EVERY:
+            self._last_unsynced_notice = now
+            log.warning(
+                "%s; nothing runs until `watcher sync` (or `watcher run`) syncs it again",
+                await self._lost_data(),
+            )
+
+    async def _lost_data(self) -> str:
+        key = self.queue.key("synced")
+        cause = (
+            "Redis lost its data (restarted without persistence, or flushed)"
+            if self._seen_synced
+            else "Redis lost its data, or it was never synced"
+        )
+        left = (await self.queue.counts())["schedulers"]
+        return f"queue {self.queue.name!r}: {key} is missing: {cause}; {left} scheduler(s) left"
+
+    async def _resync(self, resync: Callable[[], Awaitable[None]]) -> None:
+        """Run `resync` beside the keeper's steps: a big sync must not hold up the leases."""
+        try:
+            await resync()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "syncing queue %r again failed (%s); retrying in %.0fs",
+                self.queue.name,
+                exc,
+                RESYNC_RETRY,
+            )
+        finally:
+            self._resyncing = None

@@ -26,10 +26,18 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           reuses an epoch a run in flight could carry)
   stat:completed / stat:failed   STRING counters
   stat:fenced      STRING state write-backs dropped by fencing (a newer run or a reset was first)
+  ids              SET    every scheduler id (upsert adds, remove removes): counted without SCAN
+  failing          ZSET   scheduler id -> failures in a row, while failing
+  changed          ZSET   scheduler id -> time of its last change (ms)
+                          (status ranks the most telling resources from these two and
+                          `schedulers`, without reading every scheduler)
   events           STREAM removed schedulers, skipped ticks, retries, failures, stalled
                           jobs (capped ~10,000)
   changes          STREAM the change history (capped, configurable)
   workers          ZSET   worker id -> last heartbeat (ms);  worker:<id> HASH its details
+  synced           HASH   at (ms), source (the config file), resources: written by every
+                          sync; a worker that finds it gone knows Redis lost the queue's
+                          data (restarted without persistence, or flushed)
 
 Time is Redis server time (TIME) everywhere, so workers with skewed clocks agree: on a
 cluster, the clock of the node that holds the queue (now.lua), the one the scripts read.
@@ -47,7 +55,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import ClusterDownError, ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -63,18 +79,23 @@ __all__ = [
     "DueScheduler",
     "Fence",
     "Fire",
+    "LostLeases",
     "Queue",
     "QueueError",
+    "Refusal",
     "SchedulerInfo",
     "SchedulerSpec",
+    "SyncMarker",
     "check_id",
     "dump_json",
+    "refusal",
 ]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 KEEP = "~"  # "not given" in script arguments
 UPSERT_CHUNK = 1000
+READ_CHUNK = 2000  # schedulers read per script call: about a millisecond of Redis time
 FIELDS_PER_TAKEN_JOB = 11  # take.lua's reply
 FIELDS_PER_DUE = 4  # due.lua's reply
 
@@ -104,11 +125,72 @@ SCRIPTS = (
     "release",
     "change",
     "now",
+    "fields",
+    "schedulers",
 )
 
 
 class QueueError(ValueError):
     """Bad input to the queue API. Raised before anything is written."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why Redis refuses writes now: a server-side state to ride out like an outage."""
+
+    code: str
+    """OOM (maxmemory reached under noeviction), READONLY (a replica), MISCONF (it cannot
+    persist), or NOREPLICAS (too few replicas for min-replicas-to-write)."""
+    message: str
+    """The server's first sentence, e.g. "command not allowed when used memory > 'maxmemory'"."""
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.message}"
+
+
+_REFUSAL_PREFIXES = ("MISCONF", "NOREPLICAS")
+"""Refusals redis-py raises as a plain ResponseError, recognised by the server's error code."""
+_PIPELINE_ERROR = re.compile(r"of pipeline caused error: \((['\"])(?P<text>.*)\1,\)$", re.DOTALL)
+
+
+def refusal(exc: BaseException) -> Refusal | None:
+    """The refusal `exc` reports, or None when it is not Redis refusing writes (a bug, a
+    script error, Redis unreachable: see UNAVAILABLE)."""
+    if not isinstance(exc, ResponseError):
+        return None
+    text = str(exc)
+    if wrapped := _PIPELINE_ERROR.search(text):  # redis-py names the refused MULTI command
+        text = wrapped.group("text")
+    text = text.split(" script: ")[0]  # a refused write inside a script names the script
+    if isinstance(exc, OutOfMemoryError):
+        code = "OOM"
+    elif isinstance(exc, ReadOnlyError):
+        code = "READONLY"
+    else:
+        code, _, text = text.partition(" ")
+        if code not in _REFUSAL_PREFIXES:
+            return None
+    return Refusal(code, text.split(". ")[0].rstrip("."))
+
+
+@dataclass(frozen=True)
+class SyncMarker:
+    """The last sync of a queue (its `synced` hash)."""
+
+    at_ms: int
+    source: str
+    resources: int
+
+
+@dataclass(frozen=True)
+class LostLeases:
+    """Leases `Queue.extend` could not extend."""
+
+    taken: list[str]
+    """Job ids whose lease lapsed and that were taken again (or finished) elsewhere."""
+    vanished: list[str]
+    """Job ids whose hash is gone: Redis lost its data, or the job was rerun elsewhere and
+    has since expired."""
 
 
 @dataclass
@@ -452,39 +534,34 @@ class Queue:
         if isinstance(self.redis, aioredis.RedisCluster):  # one slot: scan its node only
             await self.redis.initialize()
             where["target_nodes"] = self.redis.get_node_from_key(prefix)
-        keys = self.redis.scan_iter(f"{prefix}*", count=1000, **where)
+        keys = self.redis.scan_iter(f"{prefix}*", count=10_000, **where)
         return sorted([key[len(prefix) :] async for key in keys])
 
     async def scheduler_fields(
         self, fields: Sequence[str], ids: Sequence[str] | None = None
     ) -> dict[str, list[str | None]]:
-        """Selected hash fields of many schedulers (pipelined), keyed by id."""
+        """Selected hash fields of many schedulers, keyed by id; the first field must be one
+        every scheduler has (e.g. name): a scheduler without it is left out as gone."""
         ids = await self.scheduler_ids() if ids is None else list(ids)
         found: dict[str, list[str | None]] = {}
-        for start in range(0, len(ids), 2000):
-            chunk = ids[start : start + 2000]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for id in chunk:
-                    pipe.hmget(self.key(f"scheduler:{id}"), list(fields))
-                replies = await pipe.execute()
-            for id, values in zip(chunk, replies, strict=True):
-                if values[0] is not None:
-                    found[id] = values
+        for start in range(0, len(ids), READ_CHUNK):
+            chunk = ids[start : start + READ_CHUNK]
+            reply = await self._call("fields", [json.dumps(list(fields)), json.dumps(chunk)])
+            width = len(fields)
+            for at, id in zip(range(0, len(reply), width), chunk, strict=True):
+                if reply[at] is not None:
+                    found[id] = reply[at : at + width]
         return found
 
     async def list_schedulers(self, ids: Sequence[str] | None = None) -> list[SchedulerInfo]:
         ids = await self.scheduler_ids() if ids is None else list(ids)
         found: list[SchedulerInfo] = []
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for id in chunk:
-                    pipe.hgetall(self.key(f"scheduler:{id}"))
-                    pipe.zscore(self.key("schedulers"), id)
-                replies = await pipe.execute()
-            for i, id in enumerate(chunk):
-                h, score = replies[2 * i], replies[2 * i + 1]
-                if h:
+        for start in range(0, len(ids), READ_CHUNK):
+            chunk = ids[start : start + READ_CHUNK]
+            reply = await self._call("schedulers", [json.dumps(chunk)])
+            for id, (flat, score) in zip(chunk, _rows(reply, 2), strict=True):
+                if flat:
+                    h = dict(zip(flat[::2], flat[1::2], strict=True))
                     found.append(SchedulerInfo.from_hash(id, h, score))
         return found
 
@@ -600,14 +677,15 @@ class Queue:
             ]
         return [FinishCode(int(code)) for code in await self._call("finish", args)]
 
-    async def extend(self, leases: Sequence[Lease], lease_ms: int) -> list[str]:
-        """Extend leases the caller still holds; returns the ids of those it lost."""
+    async def extend(self, leases: Sequence[Lease], lease_ms: int) -> LostLeases:
+        """Extend leases the caller still holds; returns those it lost."""
         if not leases:
-            return []
+            return LostLeases([], [])
         args: list[Any] = [lease_ms]
         for lease in leases:
             args += [lease.job_id, lease.token]
-        return list(await self._call("extend", args))
+        taken, vanished = await self._call("extend", args)
+        return LostLeases(list(taken), list(vanished))
 
     async def release(self, leases: Sequence[Lease]) -> int:
         """Give unfinished jobs back to the queue, their attempt undone; returns how many."""
@@ -632,6 +710,28 @@ class Queue:
             timeout = min(timeout, max(0.0, (due_ms - await self.now_ms()) / 1000))
         if timeout > 0:
             await self.redis.blpop([self.key("marker")], timeout)
+
+    async def telling_ids(self, limit: int) -> list[str]:
+        """Up to `limit` scheduler ids, the most telling first: the most failing, then the
+        most recently changed, then the next to run."""
+        if limit <= 0:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(self.key("failing"), 0, limit - 1)
+            pipe.zrevrange(self.key("changed"), 0, limit - 1)
+            pipe.zrange(self.key("schedulers"), 0, limit - 1)
+            replies = await pipe.execute()
+        chosen = dict.fromkeys(id for reply in replies for id in reply)
+        return list(chosen)[:limit]
+
+    async def scheduler_count(self) -> int:
+        """Every scheduler, ended ones included (data written before the `ids` set existed
+        is counted from `schedulers` until the next sync)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(self.key("ids"))
+            pipe.zcard(self.key("schedulers"))
+            in_set, scheduled = await pipe.execute()
+        return max(int(in_set), int(scheduled))
 
     async def counts(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -709,6 +809,32 @@ class Queue:
                 pipe.hgetall(self.key(f"worker:{wid}"))
             details = await pipe.execute()
         return [{"id": wid, **info} for wid, info in zip(ids, details, strict=True)]
+
+    # -- the queue's health -------------------------------------------------------------
+
+    async def mark_synced(self, source: str, resources: int) -> None:
+        """Record a sync of `source` (a config file, `resources` declared in it)."""
+        await self.redis.hset(
+            self.key("synced"),
+            mapping={"at": await self.now_ms(), "source": source, "resources": resources},
+        )
+
+    async def sync_marker(self) -> SyncMarker | None:
+        """The last sync, or None: never synced, or Redis lost the queue's data since."""
+        h = cast(dict[str, str], await self.redis.hgetall(self.key("synced")))
+        if not h:
+            return None
+        return SyncMarker(int(h.get("at") or 0), h.get("source", ""), int(h.get("resources") or 0))
+
+    async def write_refusal(self) -> Refusal | None:
+        """Whether Redis refuses writes now (None: it accepts them, or cannot tell)."""
+        try:
+            # Redis vets a SETRANGE like any write (memory, replica, disk) before running it,
+            # and one that writes nothing stores nothing: a probe that changes no data.
+            await self.redis.setrange(self.key("probe"), 0, "")
+        except ResponseError as exc:  # e.g. NOPERM for a read-only user: cannot tell
+            return refusal(exc)
+        return None
 
 
 StreamEntries = list[tuple[str, dict[str, str]]]

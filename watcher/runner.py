@@ -1,7 +1,11 @@
 """The check runner: the worker's handler that runs checks, records changes, notifies,
 and writes the new state back (fenced) only after the change was recorded and handed to
 the notifiers, so a run that dies half-way leaves the old validators and the change is
-detected again rather than lost."""
+detected again rather than lost.
+
+A change is recorded (and notified) with what the check wants shown as old → new,
+`CheckResult.old` / `.new`; a check that sets neither shows the state before the run and
+the state it returned. String values are masked like the summary."""
 
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ from watcher.check import (
     CheckResult,
     Resource,
     TransientCheckError,
-    validators,
 )
 from watcher.config import NotifierConfig
 from watcher.http import make_client
@@ -30,6 +33,8 @@ from watcher.notifiers import Notifier, build_notifiers, notify_all
 from watcher.queue import Queue
 from watcher.registry import PluginError, load_check
 from watcher.worker import Fail, Handler, Job, Outcome, Retry, Worker
+
+__all__ = ["CheckRunner", "RunStats", "serve"]
 
 log = logging.getLogger("watcher.runs")
 
@@ -151,8 +156,8 @@ class CheckRunner:
                 check=job.name,
                 url=resource.url,
                 time=await self.queue.now_ms() / 1000,
-                old=validators(job.state),
-                new=validators(result.state),
+                old=_shown(resource, job.state if result.old is None else result.old),
+                new=_shown(resource, result.state if result.new is None else result.new),
                 status_code=result.status_code,
                 summary=summary,
                 details=resource.redact(result.details) if result.details else None,
@@ -193,6 +198,21 @@ class CheckRunner:
         """Wait (bounded) for notifications still being sent."""
         if self._notifying:
             await asyncio.wait(set(self._notifying), timeout=timeout)
+
+
+def _shown(resource: Resource, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A change's old or new values with the resource's secrets masked, as in the summary."""
+    return {key: _masked(resource, value) for key, value in values.items()}
+
+
+def _masked(resource: Resource, value: Any) -> Any:
+    if isinstance(value, str):
+        return resource.redact(value)
+    if isinstance(value, Mapping):
+        return _shown(resource, value)
+    if isinstance(value, list | tuple):
+        return [_masked(resource, item) for item in value]
+    return value
 
 
 def _report(

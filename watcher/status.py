@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from watcher.queue import Queue, SchedulerInfo
+from watcher.queue import Queue, Refusal, SchedulerInfo
 
 OUTCOME_STYLE = {
     "unchanged": "green",
@@ -47,7 +49,11 @@ class Snapshot:
     workers: list[dict[str, Any]]
     checks_per_minute: int
     not_modified_share: float | None
+    total_resources: int
     resources: list[ResourceRow]
+    """The most telling `limit` resources (failing, then recently changed), in that order."""
+    redis_refuses_writes: Refusal | None = None
+    """Why Redis refuses writes now (out of memory, ...): workers back off meanwhile."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,10 +78,12 @@ def _row(info: SchedulerInfo) -> ResourceRow:
     )
 
 
-async def collect(queue: Queue) -> Snapshot:
+async def collect(queue: Queue, limit: int = 100) -> Snapshot:
+    """Counts, workers and the `limit` most telling resources: only those are read, so
+    100,000 resources take no longer than ten."""
     counts = await queue.counts()
     workers = await queue.workers()
-    infos = await queue.list_schedulers()
+    shown = await queue.list_schedulers(await queue.telling_ids(limit))
     runs = sum(int(w.get("runs_1m", 0)) for w in workers)
     not_modified = sum(int(w.get("not_modified_1m", 0)) for w in workers)
     return Snapshot(
@@ -85,8 +93,26 @@ async def collect(queue: Queue) -> Snapshot:
         workers=workers,
         checks_per_minute=runs,
         not_modified_share=(not_modified / runs) if runs else None,
-        resources=[_row(info) for info in infos],
+        total_resources=await queue.scheduler_count(),
+        resources=most_telling([_row(info) for info in shown], limit),
+        redis_refuses_writes=await queue.write_refusal(),
     )
+
+
+async def write_json(queue: Queue, out: TextIO, chunk: int = 1000) -> None:
+    """The snapshot as JSON with every resource, streamed: rows are read and written a
+    chunk at a time, so memory stays flat and output starts at once."""
+    snapshot = await collect(queue, limit=0)
+    head = snapshot.to_dict()
+    del head["resources"]
+    out.write(json.dumps(head, indent=2, default=str)[:-2] + ',\n  "resources": [')
+    ids = await queue.scheduler_ids()
+    separator = "\n    "
+    for start in range(0, len(ids), chunk):
+        for info in await queue.list_schedulers(ids[start : start + chunk]):
+            out.write(separator + json.dumps(asdict(_row(info)), default=str))
+            separator = ",\n    "
+    out.write("\n  ]\n}\n")
 
 
 def ago(moment: float | None, now: float) -> str:
@@ -116,8 +142,11 @@ def _span(seconds: float) -> str:
 
 
 def most_telling(rows: list[ResourceRow], limit: int) -> list[ResourceRow]:
-    """Failing resources first, then the most recently changed, then by id."""
-    ordered = sorted(rows, key=lambda r: (-r.failures, -(r.last_change or 0), r.id))
+    """Failing resources first, then the most recently changed, then the next to run."""
+    ordered = sorted(
+        rows,
+        key=lambda r: (-r.failures, -(r.last_change or 0), r.next_run or math.inf, r.id),
+    )
     return ordered[:limit]
 
 
@@ -129,7 +158,7 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
         ("queue ", "dim"),
         (snapshot.queue, "bold"),
         ("  resources ", "dim"),
-        str(len(snapshot.resources)),
+        f"{snapshot.total_resources:,}",
         ("  workers ", "dim"),
         str(len(snapshot.workers)),
         ("  checks/min ", "dim"),
@@ -147,11 +176,15 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
     )
     if c.get("fenced"):  # old runs' write-backs dropped: normal under overlap or a reconfig
         header.append_text(Text.assemble(("  fenced writes ", "dim"), str(c["fenced"])))
+    if snapshot.redis_refuses_writes:
+        refusal = snapshot.redis_refuses_writes
+        header.append(f"  Redis refuses writes: {refusal.code}", style="bold red")
+        header.append(f" ({refusal.message})", style="red")
     table = Table(expand=True, show_edge=False, pad_edge=False)
     for column in ("resource", "check", "schedule", "last run", "result", "last change", "next"):
         table.add_column(column, overflow="fold" if column == "result" else "ellipsis")
     table.add_column("fails", justify="right")
-    shown = most_telling(snapshot.resources, limit)
+    shown = most_telling(snapshot.resources, limit)  # already so when collected
     for row in shown:
         outcome = row.outcome or "pending"
         code = "" if row.status_code is None else f" {row.status_code}"
@@ -168,10 +201,10 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
             until(row.next_run, now),
             Text(str(row.failures), style="bold red" if row.failures else "dim"),
         )
-    if not snapshot.resources:
+    if not snapshot.total_resources:
         table.add_row("(no resources: run `watcher sync`)", *[""] * 7)
-    if len(shown) < len(snapshot.resources):
-        hidden = len(snapshot.resources) - len(shown)
+    if len(shown) < snapshot.total_resources:
+        hidden = snapshot.total_resources - len(shown)
         note = f"{hidden:,} more not shown (failing and recently changed first; --limit N)"
         return Group(header, table, Text(note, style="dim"))
     return Group(header, table)
@@ -179,7 +212,8 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
 
 async def live(queue: Queue, console: Console, interval: float = 1.0, limit: int = 100) -> None:
     """Refresh in place until cancelled (Ctrl-C)."""
-    with Live(render(await collect(queue), limit), console=console, auto_refresh=False) as view:
+    snapshot = await collect(queue, limit)
+    with Live(render(snapshot, limit), console=console, auto_refresh=False) as view:
         while True:
             await asyncio.sleep(interval)
-            view.update(render(await collect(queue), limit), refresh=True)
+            view.update(render(await collect(queue, limit), limit), refresh=True)

@@ -120,3 +120,10 @@ async def apply_plan(
         await queue.remove_schedulers(removals[start : start + chunk])
         if progress:
             progress(len(removals[start : start + chunk]))
+
+
+async def mark_synced(queue: Queue, config: Config) -> None:
+    """Write the queue's sync marker after a sync (applied, or with nothing to do): workers
+    that find it gone later know Redis lost the queue's data (watcher/keeper.py)."""
+    declared = sum(1 for r in config.resources if r.enabled)
+    await queue.mark_synced(os.path.abspath(config.source), declared)

@@ -28,7 +28,7 @@ from typing import Any
 from watcher.backoff import backoff
 from watcher.jobs import FinishCode, Finished, Job, Lease
 from watcher.keeper import Keeper
-from watcher.queue import UNAVAILABLE, Queue, QueueError, dump_json
+from watcher.queue import UNAVAILABLE, Queue, QueueError, dump_json, refusal
 from watcher.repeat import Repeater
 from watcher.ticker import Ticker
 
@@ -115,8 +115,8 @@ class Finisher:
             await self.flush()
 
     async def flush(self) -> None:
-        """Finish everything pending; through a Redis outage, keep trying (when stopping,
-        until Redis has refused `GIVE_UP_FINISHING` times)."""
+        """Finish everything pending; through a Redis outage or refusal, keep trying (when
+        stopping, until Redis has refused `GIVE_UP_FINISHING` times)."""
         failures = 0
         while self.pending:
             batch, self.pending = self.pending, []
@@ -131,20 +131,24 @@ class Finisher:
                 )
                 self.repeater.redis_ok()
                 failures = 0
-            except UNAVAILABLE as exc:
-                self.pending = batch + self.pending
+            except Exception as exc:
                 failures += 1
-                await self.repeater.redis_failed(exc, failures)
-                # stopping: a refused Redis ends this here; a hung one, the worker's grace bound
-                if self.repeater.stopped and failures > GIVE_UP_FINISHING:
-                    log.error("giving up finishing %d job(s): Redis unreachable", len(batch))
-                    return
-                continue
-            except Exception:
-                log.exception(
-                    "finishing %d job(s) failed; they rerun once their leases lapse", len(batch)
-                )
-                codes = [None] * len(batch)
+                if not await self.repeater.ride_out(exc, failures):
+                    log.exception(
+                        "finishing %d job(s) failed; they rerun once their leases lapse",
+                        len(batch),
+                    )
+                    codes = [None] * len(batch)
+                else:
+                    self.pending = batch + self.pending
+                    # stopping: a refusing Redis ends this here; a hung one, the grace bound
+                    if self.repeater.stopped and failures > GIVE_UP_FINISHING:
+                        log.error(
+                            "giving up finishing %d job(s): Redis unreachable or refusing writes",
+                            len(batch),
+                        )
+                        return
+                    continue
             finally:
                 self.in_flight = set()
             for finished, code in zip(batch, codes, strict=True):
@@ -168,7 +172,11 @@ class Worker:
         tick: bool = True,
         worker_id: str | None = None,
         metrics: Callable[[], Mapping[str, Any]] | None = None,
+        resync: Callable[[], Awaitable[None]] | None = None,
+        expect_synced: bool = False,
     ) -> None:
+        """`resync` syncs the queue again when Redis lost its data, and `expect_synced`
+        warns about a queue that was never synced too (see watcher/keeper.py)."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.queue = queue
@@ -202,6 +210,9 @@ class Worker:
             finished_cap=finished_cap,
             leases=self._leases_to_keep,
             info=self._info,
+            repeater=self.repeater,
+            resync=resync,
+            expect_synced=expect_synced,
         )
         self._held: dict[str, Job] = {}  # leased and not yet finished in Redis
         self._running: set[asyncio.Task[None]] = set()
@@ -268,6 +279,7 @@ class Worker:
 
     async def fetch(self) -> float:
         """Take as many jobs as there are free slots and start them (or wait for work)."""
+        await self.repeater.writes_open()  # a run whose results Redis refuses is wasted
         free = self.concurrency - len(self._running)
         if free <= 0:
             self._slot_free.clear()
@@ -324,7 +336,11 @@ class Worker:
         except Fail as exc:
             self._finish(job, "fail", str(exc), report=exc.report)
         except Exception as exc:
-            log.warning("job %s (%s) attempt %d failed: %r", job.id, job.name, job.attempt, exc)
+            refused = refusal(exc)
+            if refused is None:
+                log.warning("job %s (%s) attempt %d failed: %r", job.id, job.name, job.attempt, exc)
+            else:  # said once for all runs, until Redis accepts writes again
+                self.repeater.refused(refused)
             self._finish(
                 job, "retry", f"{type(exc).__name__}: {exc}", delay=self._backoff(job.attempt)
             )
@@ -367,6 +383,13 @@ class Worker:
             return
         if code is FinishCode.LEASE_LOST:
             log.warning("job %s lost its lease before finishing; another worker reruns it", job_id)
+            return
+        if code is FinishCode.VANISHED:
+            log.warning(
+                "job %s no longer exists in Redis (Redis lost its data, or the job ran "
+                "elsewhere and expired): its result is dropped",
+                job_id,
+            )
             return
         if code is FinishCode.FENCED:
             self.fenced += 1

@@ -1,9 +1,9 @@
 -- Record a detected change in the changes stream, fenced like a state write-back: a run whose
 -- scheduler was reconfigured, or that a newer run has overtaken, records nothing.
--- KEYS: changes
+-- KEYS: changes changed
 -- ARGV: prefix, scheduler id, seq, epoch, max length, resource, change JSON.
 -- Returns: the stream entry id, or false (nil) when fenced off.
-local changes = KEYS[1]
+local changes, changed = KEYS[1], KEYS[2]
 local P = ARGV[1]
 local sk = P .. 'scheduler:' .. ARGV[2]
 local s = redis.call('HMGET', sk, 'epoch', 'wseq')
@@ -11,5 +11,7 @@ if not s[1] or s[1] ~= ARGV[4] or tonumber(ARGV[3]) < tonumber(s[2] or '0') then
   return false
 end
 local id = redis.call('XADD', changes, 'MAXLEN', ARGV[5], '*', 'resource', ARGV[6], 'change', ARGV[7])
-redis.call('HSET', sk, 'last_change', now_ms())
+local now = now_ms()
+redis.call('HSET', sk, 'last_change', now)
+redis.call('ZADD', changed, now, ARGV[2])
 return id

@@ -2,14 +2,15 @@
 -- job's lease token (a job whose lease expired and was taken again is not the caller's).
 -- A completed scheduler run writes its state back fenced: only if the state epoch is unchanged
 -- and no newer run wrote first; a fenced-off write is counted in stat:fenced.
--- KEYS: active delayed events finished stat:completed stat:failed stat:fenced
+-- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing
 -- ARGV: prefix, keep ms, keep ms for a scheduler's successful run (its outcome lives on in the
 -- scheduler's report), finished cap, then 7 fields per job:
 --   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none),
 --   report ("~" = none)
--- Returns: one code per job: 1 done, 0 lease lost, 2 done but its state write was fenced off.
+-- Returns: one code per job: 1 done, 0 lease lost, 2 done but its state write was fenced off,
+-- 3 vanished (its hash is gone: Redis lost its data, or it ran elsewhere and expired).
 local active, delayed, events, finished = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local completed, failed, fenced = KEYS[5], KEYS[6], KEYS[7]
+local completed, failed, fenced, failing = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local P, keep, keep_runs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local out = {}
@@ -18,7 +19,9 @@ for b = 5, #ARGV, 7 do
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch')
-  if j[1] ~= token then
+  if not j[3] then
+    out[#out + 1] = 3
+  elseif j[1] ~= token then
     out[#out + 1] = 0
   else
     local code = 1
@@ -32,7 +35,7 @@ for b = 5, #ARGV, 7 do
       redis.call('ZADD', delayed, now + tonumber(delay), jid)
       event(events, 'event', 'retry', 'job', jid, 'scheduler', j[2], 'attempt', j[3],
         'delay', delay, 'error', payload)
-      if current then redis.call('HINCRBY', sk, 'fails', 1) end
+      if current then fail_once(sk, failing, j[2]) end
     else
       if kind == 'ok' then
         redis.call('HSET', jk, 'st', DONE, 'token', '', 'res', payload, 'finished', now)
@@ -46,7 +49,7 @@ for b = 5, #ARGV, 7 do
       retire(jk, jid, (kind == 'ok' and j[2] ~= '') and keep_runs or keep, finished, cap)
       if sk and redis.call('HGET', sk, 'active') == jid then redis.call('HSET', sk, 'active', '') end
       if current then
-        if kind == 'ok' then redis.call('HDEL', sk, 'fails') else redis.call('HINCRBY', sk, 'fails', 1) end
+        if kind == 'ok' then recovered(sk, failing, j[2]) else fail_once(sk, failing, j[2]) end
       end
       if kind == 'ok' and state ~= '~' then
         local wseq = current and redis.call('HGET', sk, 'wseq') or nil

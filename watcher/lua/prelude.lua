@@ -25,3 +25,14 @@ local function retire(job_key, jid, keep, finished, cap)
   redis.call('LPUSH', finished, jid)
   redis.call('LTRIM', finished, 0, cap - 1)
 end
+
+-- A run of scheduler `id` failed: count it in a row, and rank it among the failing (status
+-- shows the most failing first without reading every scheduler).
+local function fail_once(scheduler_key, failing, id)
+  redis.call('ZADD', failing, redis.call('HINCRBY', scheduler_key, 'fails', 1), id)
+end
+
+-- A run of scheduler `id` succeeded: its failures in a row are over.
+local function recovered(scheduler_key, failing, id)
+  if redis.call('HDEL', scheduler_key, 'fails') == 1 then redis.call('ZREM', failing, id) end
+end

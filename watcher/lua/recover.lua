@@ -1,10 +1,10 @@
 -- Recover jobs whose lease expired (their worker died or lost Redis for too long): back to
 -- the front of wait with a new token on the next take, or failed once attempts are used up.
--- KEYS: active wait marker events finished stat:failed
+-- KEYS: active wait marker events finished stat:failed failing
 -- ARGV: prefix, max jobs, keep ms, finished cap.
 -- Returns: the number of expired leases handled (requeued or failed).
-local active, wait, marker, events, finished, failed =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local active, wait, marker, events, finished, failed, failing =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local P, limit, keep, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', active, '-inf', now, 'LIMIT', 0, limit)
@@ -22,7 +22,7 @@ for _, jid in ipairs(expired) do
       local sk = P .. 'scheduler:' .. j[3]
       if j[3] ~= '' and redis.call('HGET', sk, 'active') == jid then
         redis.call('HSET', sk, 'active', '')
-        redis.call('HINCRBY', sk, 'fails', 1)
+        fail_once(sk, failing, j[3])
       end
     else
       redis.call('HSET', jk, 'st', WAIT, 'token', '')

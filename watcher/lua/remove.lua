@@ -1,9 +1,9 @@
 -- Remove schedulers. A run already in flight finishes; its write-back then finds no
 -- scheduler and is dropped.
--- KEYS: schedulers events
+-- KEYS: schedulers events failing changed ids
 -- ARGV: prefix, then the scheduler ids.
 -- Returns: the number of schedulers that existed and were removed.
-local schedulers, events = KEYS[1], KEYS[2]
+local schedulers, events, failing, changed, ids = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local P = ARGV[1]
 local removed = 0
 for i = 2, #ARGV do
@@ -13,5 +13,8 @@ for i = 2, #ARGV do
     event(events, 'event', 'removed', 'scheduler', id)
   end
   redis.call('ZREM', schedulers, id)
+  redis.call('ZREM', failing, id)
+  redis.call('ZREM', changed, id)
+  redis.call('SREM', ids, id)
 end
 return removed

@@ -1,27 +1,93 @@
-"""HTTP pieces the built-in checks share: bounded redirects, a capped body, error classes.
+"""The safe fetch: how the built-in checks talk HTTP, public for plugins to do the same.
 
-Imports only watcher's public check API and httpx, as a third-party plugin would.
+- Redirects are followed here, not by httpx: at most ``options["max_redirects"]`` (5) hops,
+  loops refused, and secret headers (``Authorization``, cookies, any name that says it holds
+  a credential such as ``X-Api-Key``, and the resource's ``secret_headers``) are never sent
+  on to another origin.
+- Bodies are read with a cap, ``options["max_bytes"]`` (10 MiB); a truncated body fails.
+- Failures raise the check API's errors: `TransientCheckError` for what is worth retrying
+  (transport errors, timeouts, 5xx, 429 with its ``Retry-After``), `CheckFailed` otherwise.
+
+Use it through the context (``ctx.fetch()``, ``ctx.stream()``, ``ctx.read_body()``) or
+call these functions with the context. Imports only the check API and httpx.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import httpx
 
 from watcher.check import CheckContext, CheckFailed, TransientCheckError, parse_retry_after
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_REDIRECTS",
+    "REDIRECT_STATUSES",
+    "Fetched",
+    "fetch",
+    "header",
+    "read_body",
+    "require_success",
+    "stream",
+    "transport_error",
+]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """The final response of `fetch`, its body read whole (within the cap)."""
+
+    status_code: int
+    reason_phrase: str
+    url: httpx.URL
+    """Where the body came from, after redirects."""
+    headers: httpx.Headers
+    body: bytes
+    """Decoded from any Content-Encoding (gzip, ...), at most the cap."""
+    encoding: str
+    """The charset the Content-Type names (if Python knows it), else utf-8."""
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(self.encoding, errors="replace")
+
+
+async def fetch(ctx: CheckContext, *, headers: Mapping[str, str] | None = None) -> Fetched:
+    """The resource's final response after safe redirects, with its capped body.
+
+    ``headers`` are sent on top of the resource's own. Anything but a 2xx raises (a 304
+    too: to make conditional requests, use `stream` and look at the status yourself).
+    """
+    async with stream(ctx, headers=headers) as response:
+        require_success(response)
+        body = await read_body(ctx, response)
+    return Fetched(
+        status_code=response.status_code,
+        reason_phrase=response.reason_phrase,
+        url=response.url,
+        headers=response.headers,
+        body=body,
+        encoding=_known_charset(response.charset_encoding),
+    )
+
+
 @asynccontextmanager
 async def stream(
     ctx: CheckContext, *, headers: Mapping[str, str] | None = None, follow: bool = True
 ) -> AsyncIterator[httpx.Response]:
-    """The resource's final response after bounded redirects, body unread; closed on exit."""
+    """The resource's final response after safe redirects, body unread; closed on exit.
+
+    The status is not judged here (see `require_success`); ``follow=False`` yields the
+    first response, redirect or not.
+    """
     resource = ctx.resource
     max_redirects = int(resource.options.get("max_redirects", DEFAULT_MAX_REDIRECTS))
     method = resource.method.upper()
@@ -44,7 +110,6 @@ async def stream(
         if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
             method = "GET"
         if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
-            # credentials are never forwarded to another origin
             sent = {name: value for name, value in sent.items() if not resource.is_secret(name)}
         hops.append(target)
         url = target
@@ -116,7 +181,8 @@ def transport_error(exc: httpx.HTTPError, url: httpx.URL | str) -> CheckFailed:
 
 
 def header(response: httpx.Response, name: str) -> str | None:
-    """A response header's value, or None; a non-ASCII value fails the check."""
+    """A response header's value (repeated ones joined by ", "), or None; a non-ASCII value
+    fails the check rather than being guessed at."""
     wanted = name.lower().encode()
     values = [value for key, value in response.headers.raw if key.lower() == wanted]
     for value in values:
@@ -163,6 +229,15 @@ def _redirect_target(response: httpx.Response) -> httpx.URL | None:
 def _content_length(response: httpx.Response) -> int | None:
     value = response.headers.get("content-length", "").strip()
     return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _known_charset(charset: str | None) -> str:
+    if charset:
+        try:
+            return codecs.lookup(charset).name
+        except LookupError:
+            pass
+    return "utf-8"
 
 
 def _path(hops: list[httpx.URL], target: httpx.URL) -> str:
