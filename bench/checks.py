@@ -36,24 +36,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import itertools
 import json
 import os
-import platform
 import pstats
-import shlex
 import signal
-import socket
 import statistics
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+from rich.markup import escape
+
+from bench.common import (
+    BENCH,
+    REPO,
+    BenchError,
+    arg_parser,
+    event_loop_name,
+    free_port,
+    last_lines,
+    load_average,
+    machine_info,
+    make_console,
+    markdown_preamble,
+    markdown_table,
+    package_versions,
+    rich_table,
+)
+
 RESULTS = BENCH / "results-checks.md"
 ORIGIN_APP = BENCH / "origin_app.py"
 QUEUE_NAME = "bench"
@@ -63,6 +76,18 @@ CLIENT_LABELS = {
     "aiohttp": "bare aiohttp.ClientSession",
     "httpx-aiohttp": "httpx API over httpx-aiohttp (make_client)",
 }
+# the versions that the results file lists (besides python and redis-server)
+PACKAGES = (
+    "httpx",
+    "httpcore",
+    "httpx-aiohttp",
+    "aiohttp",
+    "sniffio",
+    "redis",
+    "hiredis",
+    "uvicorn",
+    "httptools",
+)
 TARGET_RATIO = 3.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -92,12 +117,6 @@ def resource_data(origin: str, i: int) -> dict[str, Any]:
         "options": {},
         "notify": [],
     }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def raw_http(port: int, path: str, headers: dict[str, str] | None = None) -> tuple:
@@ -193,11 +212,10 @@ async def client_loop(kind: str, origin: str, resources: int, concurrency: int) 
         "body_bytes_304": 0,
         "nonempty_304": 0,
         "first_error": "",
-        "versions": {},
+        "versions": package_versions(
+            "httpx", "httpcore", "anyio", "sniffio", "aiohttp", "httpx-aiohttp"
+        ),
     }
-    for name in ("httpx", "httpcore", "anyio", "sniffio", "aiohttp", "httpx-aiohttp"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            tally["versions"][name] = metadata.version(name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -275,10 +293,6 @@ async def client_loop(kind: str, origin: str, resources: int, concurrency: int) 
 
 
 # -- the orchestrator ---------------------------------------------------------------------
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -613,10 +627,10 @@ class Bench:
 
     async def tick_cost(self, seconds: float) -> list[str]:
         """CPU per scheduler tick, measured without a profiler: this process calls the
-        worker's tick step (Worker._tick, as its tick loop does) for `seconds` with nobody
+        ticker's step (`Ticker.tick`, as its loop does) for `seconds` with nobody
         taking jobs, so every tick after a scheduler's first is skipped, as under overload."""
         from watcher.queue import SchedulerSpec
-        from watcher.worker import Worker
+        from watcher.ticker import Ticker
 
         console.print(f"[bold]tick cost[/]: {self.sizes.resources:,} schedulers, {seconds:g} s")
         n = self.sizes.resources
@@ -625,25 +639,25 @@ class Bench:
             SchedulerSpec(id=f"r{i}", name="etag", data=resource_data(self.origin_url, i), every=1)
             for i in range(n)
         )
-        worker = Worker(self.queue, {}, concurrency=1)
+        ticker = Ticker(self.queue, batch=500)
         redis_pid = self.redis_server.process.pid
         cpu0, redis0, t0 = time.process_time(), cpu_seconds(redis_pid), time.monotonic()
         calls = 0
         while time.monotonic() - t0 < seconds:
-            wait = await worker._tick(500)
+            wait = await ticker.tick()
             calls += 1
             if wait > 0:
                 await asyncio.sleep(wait)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
         redis_cpu = cpu_seconds(redis_pid) - redis0
-        fields = await self.queue.scheduler_fields(["count", "skipped"], self.ids)
-        fired = sum(int(c or 0) for c, _ in fields.values())
-        skipped = sum(int(k or 0) for _, k in fields.values())
+        fields = await self.queue.scheduler_fields(["name", "count", "skipped"], self.ids)
+        fired = sum(int(c or 0) for _, c, _ in fields.values())
+        skipped = sum(int(k or 0) for _, _, k in fields.values())
         ticks = max(fired + skipped, 1)
         await self.queue.redis.flushall()
         return [
             "",
-            "Tick cost without a profiler (this script calling `Worker._tick(500)` in a loop, "
+            "Tick cost without a profiler (this script calling `Ticker.tick()` in a loop, "
             f"as the worker's tick loop does, for {wall:.1f} s; {n:,} schedulers every 1 s; "
             "no worker taking jobs, so after its first run every scheduler's ticks are "
             f"skipped): {ticks:,} ticks ({fired:,} fired, {skipped:,} skipped), {calls:,} "
@@ -652,6 +666,13 @@ class Bench:
             f"{ticks / wall:,.0f} ticks/s; redis-server {redis_cpu / ticks * 1e6:.1f} µs per "
             f"tick = {redis_cpu / wall:.0%} of a CPU.",
         ]
+
+
+# A profiled function's file is shown from below the first of these: site-packages (first:
+# the venv may sit inside the repository), the repository, the standard library.
+SITE_PACKAGES = "site-packages/"
+IN_REPO = f"{REPO}/"
+STDLIB = f"{sysconfig.get_paths()['stdlib']}/"
 
 
 def profile_report(path: Path, checks: int, row: Row) -> list[str]:
@@ -664,7 +685,7 @@ def profile_report(path: Path, checks: int, row: Row) -> list[str]:
         filename, line, fn = func
         if filename == "~":
             return fn
-        for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        for marker in (SITE_PACKAGES, IN_REPO, STDLIB):
             if marker in filename:
                 filename = filename.split(marker, 1)[1]
                 break
@@ -703,22 +724,22 @@ def profile_report(path: Path, checks: int, row: Row) -> list[str]:
     for group, tt in sorted(groups.items(), key=lambda item: item[1], reverse=True)[:14]:
         lines.append(f"| {group} | {tt:.2f} | {tt / total:.1%} | {tt / max(checks, 1) * 1e6:.1f} |")
     steps = {
-        ("watcher/worker.py", "_tick"): "tick: due + next_slot + fire (all schedulers)",
-        ("watcher/worker.py", "_take"): "fetch: take script + Job objects",
-        ("watcher/worker.py", "_idle"): "fetch: idle wait (BLPOP)",
+        ("watcher/ticker.py", "tick"): "tick: due + next_slot + fire (all schedulers)",
+        ("watcher/queue.py", "take"): "fetch: take script + Job objects",
+        ("watcher/queue.py", "wait_for_work"): "fetch: idle wait (BLPOP)",
         ("watcher/worker.py", "_run"): "run: handler (check) + _finish",
         ("watcher/runner.py", "run"): "run: CheckRunner.run",
         ("watcher/runner.py", "_complete"): "run: CheckRunner._complete",
         ("watcher/check.py", "from_template"): "run: Resource.from_template",
         ("checks/etag.py", "check"): "run: etag check",
-        ("checks/_http.py", "_send"): "run: build_request + client.send",
+        ("watcher/fetch.py", "_send"): "run: build_request + client.send",
         ("httpx/_client.py", "build_request"): "run: httpx build_request",
         ("httpx/_models.py", "extract_cookies"): "run: httpx Cookies.extract_cookies",
         ("watcher/worker.py", "_finish"): "run: Worker._finish (JSON encoding)",
-        ("watcher/worker.py", "_flush_all"): "finish: finish script",
-        ("watcher/worker.py", "_extend_leases"): "keep: extend leases",
-        ("watcher/worker.py", "_heartbeat"): "keep: heartbeat",
-        ("watcher/queue.py", "run_script"): "all scripts: Queue.run_script",
+        ("watcher/worker.py", "flush"): "finish: finish script",
+        ("watcher/keeper.py", "extend_leases"): "keep: extend leases",
+        ("watcher/keeper.py", "heartbeat"): "keep: heartbeat",
+        ("watcher/queue.py", "_call"): "all scripts: Queue._call",
         ("redis/asyncio/connection.py", "pack_command"): "all Redis calls: pack_command",
         ("watcher/schedule.py", "next_slot"): "tick: Schedule.next_slot",
     }
@@ -742,12 +763,11 @@ def profile_report(path: Path, checks: int, row: Row) -> list[str]:
 def package_of(filename: str, function: str) -> str:
     if filename == "~":
         return "builtins/C (" + ("socket" if "socket" in function else "other") + ")"
-    for marker in ("site-packages/", "/work/main/"):
+    for marker in (SITE_PACKAGES, IN_REPO):
         if marker in filename:
             return filename.split(marker, 1)[1].split("/", 1)[0].removesuffix(".py")
-    if "lib/python3" in filename:
-        rest = filename.split("lib/python3", 1)[1].split("/", 2)
-        return "stdlib " + (rest[1].removesuffix(".py") if len(rest) > 1 else "")
+    if STDLIB in filename:
+        return "stdlib " + filename.split(STDLIB, 1)[1].split("/", 1)[0].removesuffix(".py")
     return filename
 
 
@@ -766,19 +786,15 @@ async def terminate(proc: Any, timeout: float = 20.0) -> int | None:
 
 def tail(path: Path, lines: int = 5) -> str:
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        text = path.read_text(errors="replace")
     except OSError:
         return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"
+    return last_lines(text, lines) or "(empty log)"
 
 
 # -- output -------------------------------------------------------------------------------
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+console = make_console()
 
 
 def describe_window(w: Window, watcher: bool) -> str:
@@ -857,15 +873,11 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
 
 
 def show(rows: list[Row], sizes: Sizes) -> None:
-    table = Table(
-        title=f"Conditional checks, {sizes.resources:,} resources, median of {sizes.windows} "
+    title = (
+        f"Conditional checks, {sizes.resources:,} resources, median of {sizes.windows} "
         f"windows of {sizes.seconds / sizes.windows:g} s"
     )
-    for i, name in enumerate(HEADER):
-        table.add_column(name, justify="left" if i == 0 else "right")
-    for cells in table_rows(rows):
-        table.add_row(*(escape(c) for c in cells))
-    console.print(table)
+    console.print(rich_table(title, HEADER, table_rows(rows)))
 
 
 def target_line(rows: list[Row], offered: int) -> str:
@@ -890,50 +902,6 @@ def target_line(rows: list[Row], offered: int) -> str:
     if (best.rate or 0) >= 0.95 * offered:
         text += f" (watcher ran everything offered, {offered:,}/s: the ratio is a floor)"
     return text
-
-
-def machine_info(redis_version: str) -> dict[str, str]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
-    versions = {}
-    for name in (
-        "httpx",
-        "httpcore",
-        "httpx-aiohttp",
-        "aiohttp",
-        "sniffio",
-        "redis",
-        "hiredis",
-        "uvicorn",
-        "httptools",
-    ):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu or platform.processor() or platform.machine(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "redis": redis_version,
-        "loop": loop,
-        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
-    }
-
-
-def command_line() -> str:
-    exe = Path(sys.executable)
-    shown = str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)
-    return shlex.join([shown, "bench/checks.py", *sys.argv[1:]])
 
 
 def notes(rows: list[Row], sizes: Sizes) -> list[str]:
@@ -987,31 +955,25 @@ def write_markdown(
     machine: dict[str, str],
     verification: list[str],
     profile_lines: list[str],
+    load: tuple[float, float],
     elapsed: float,
 ) -> None:
-    def md_row(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
     window_s = sizes.seconds / sizes.windows
     lines = [
-        "# Check benchmark",
-        "",
-        f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: nproc {machine['nproc']}, {machine['cpu']}, {machine['os']}",
-        f"- python {machine['python']}, redis-server {machine['redis']} (private, no "
-        f"persistence, 127.0.0.1); origin: uvicorn + httptools, loop {machine['loop']}, "
-        "one process",
-        f"- versions: {machine['versions']}",
-        f"- load average (1 min) at start {machine['load_start']}, at end {machine['load_end']} "
-        "(other processes shared the machine: see the `other procs CPU` column)",
-        f"- command: `{command_line()}` ({elapsed / 60:.1f} min)",
+        *markdown_preamble(
+            "Check benchmark",
+            machine,
+            versions=", ".join(f"{k} {v}" for k, v in package_versions(*PACKAGES).items()),
+            load=load,
+            elapsed=elapsed,
+            server_note=f"; origin: uvicorn + httptools, loop {machine['loop']}, one process",
+            load_note=" (other processes shared the machine: see the `other procs CPU` column)",
+        ),
         "",
         f"{sizes.resources:,} resources; each number is the median of {sizes.windows} windows "
         f"of {window_s:g} s (range: min-max of the windows).",
         "",
-        md_row(HEADER),
-        md_row(["---"] + ["---:"] * (len(HEADER) - 1)),
-        *(md_row(cells) for cells in table_rows(rows)),
+        *markdown_table(HEADER, table_rows(rows)),
         "",
         target_line(rows, sizes.resources),
         "",
@@ -1067,8 +1029,7 @@ def write_markdown(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="500 resources, short windows")
+    parser = arg_parser(__doc__, quick="500 resources, short windows", results=RESULTS)
     parser.add_argument("--resources", type=int, default=None, help="resources (5000)")
     parser.add_argument(
         "--seconds",
@@ -1086,7 +1047,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also profile one worker (cProfile, one window; the row is not in the table)",
     )
-    parser.add_argument("--output", type=Path, default=RESULTS, help="the Markdown file")
     # subprocess entry points
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", choices=CLIENT_KINDS, help=argparse.SUPPRESS)
@@ -1105,7 +1065,8 @@ async def orchestrate(args: argparse.Namespace, sizes: Sizes) -> int:
         await bench.start()
         info = await bench.queue.redis.info("server")
         machine = machine_info(str(info.get("redis_version", "?")))
-        machine["load_start"] = f"{os.getloadavg()[0]:.2f}"
+        machine["loop"] = event_loop_name()
+        load_start = load_average()
         console.print(
             f"origin {bench.origin_url} (uvicorn + httptools, loop {machine['loop']}), "
             f"redis-server {machine['redis']} at {bench.redis_server.url}; nproc "
@@ -1140,7 +1101,7 @@ async def orchestrate(args: argparse.Namespace, sizes: Sizes) -> int:
     finally:
         await bench.stop()
     elapsed = time.monotonic() - started
-    machine["load_end"] = f"{os.getloadavg()[0]:.2f}"
+    load = (load_start, load_average())
     show(rows, sizes)
     console.print(target_line(rows, sizes.resources))
     for line in notes(rows, sizes):
@@ -1148,7 +1109,7 @@ async def orchestrate(args: argparse.Namespace, sizes: Sizes) -> int:
     for line in bench.profile_lines:
         console.print(escape(line))
     write_markdown(
-        args.output, rows, sizes, machine, bench.verification, bench.profile_lines, elapsed
+        args.output, rows, sizes, machine, bench.verification, bench.profile_lines, load, elapsed
     )
     console.print(f"wrote {args.output} ({elapsed / 60:.1f} min in all)")
     return 0

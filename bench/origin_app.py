@@ -19,11 +19,13 @@ from pathlib import Path
 # Run as a script, this file's folder would come first on sys.path, and bench/queue.py would
 # shadow the standard library's `queue` (imported by asyncio and uvicorn): drop the folder.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse
 import json
 import os
 from typing import Any
+
+from bench.common import arg_parser, event_loop_name
 
 RESOURCES = int(os.environ.get("ORIGIN_RESOURCES", "5000"))
 STATS = {"requests": 0, "ok": 0, "not_modified": 0, "missing": 0, "body_bytes_304": 0}
@@ -102,7 +104,7 @@ async def _respond(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--resources", type=int, default=RESOURCES)
     args = parser.parse_args()
@@ -110,18 +112,12 @@ def main() -> None:
 
     import uvicorn
 
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=args.port,
         http="httptools",
-        loop=loop,
+        loop=event_loop_name(),
         log_level="warning",
         access_log=False,
     )

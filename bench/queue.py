@@ -29,10 +29,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -41,14 +39,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from bench.common import (
+    BENCH,
+    REPO,
+    BenchError,
+    arg_parser,
+    last_lines,
+    load_average,
+    machine_info,
+    make_console,
+    markdown_preamble,
+    markdown_table,
+    rich_table,
+)
 from watcher.redis_server import RedisServer
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
 VENVS = BENCH / ".venvs"
 PEERS = BENCH / "peers"
 RESULTS = BENCH / "results-queue.md"
@@ -64,8 +71,7 @@ REQUIREMENTS: dict[str, list[str] | None] = {
 }
 SCHEDULER_LIBS = ("watcher", "bullmq")
 
-# wide enough for the table when the output is a file or a pipe
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+console = make_console()
 
 
 @dataclass
@@ -113,15 +119,6 @@ QUICK = Sizes(
 )
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 # -- peer environments ------------------------------------------------------------------
 
 
@@ -149,7 +146,7 @@ def python_for(lib: str) -> Path:
             raise BenchError(f"`{shlex.join(cmd[:4])} ...` timed out") from None
         if proc.returncode != 0:
             errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
-            reason = errors[0] if errors else last_line(proc.stderr) or proc.returncode
+            reason = errors[0] if errors else last_lines(proc.stderr) or proc.returncode
             raise BenchError(f"install failed: {reason}")
     stamp.write_text(wanted)
     return python
@@ -176,7 +173,7 @@ def run_runner(lib: str, python: Path, task: dict[str, Any], timeout: float) -> 
                 continue
             break
     if result is None:
-        reason = last_line(proc.stderr) or f"no result (exit code {proc.returncode})"
+        reason = last_lines(proc.stderr) or f"no result (exit code {proc.returncode})"
         raise BenchError(reason)
     if not result.get("ok"):
         raise BenchError(result.get("error") or "runner failed")
@@ -207,36 +204,6 @@ def failed(reason: str) -> str:
     return f"failed: {reason[:120]}"
 
 
-def machine_info(server_url: str) -> dict[str, str]:
-    client = redis.Redis.from_url(server_url)
-    info = client.info("server")
-    client.close()
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu or platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "redis": str(info.get("redis_version", "?")),
-        "os": f"{platform.system()} {platform.release()}",
-    }
-
-
-def command_line() -> str:
-    exe = Path(sys.executable)
-    try:
-        shown = str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)
-    except ValueError:
-        shown = str(exe)
-    return shlex.join([shown, "bench/queue.py", *sys.argv[1:]])
-
-
 # -- the run ----------------------------------------------------------------------------
 
 
@@ -261,13 +228,11 @@ class LateResult:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts, one run")
+    parser = arg_parser(__doc__, quick="smaller counts, one run", results=RESULTS)
     parser.add_argument(
         "--only", default="", help=f"comma-separated libraries ({', '.join(REQUIREMENTS)})"
     )
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement (3)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="the Markdown file")
     args = parser.parse_args(argv)
     args.libs = [name.strip() for name in args.only.split(",") if name.strip()] or list(
         REQUIREMENTS
@@ -289,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     sched = {lib: SchedResult() for lib in SCHEDULER_LIBS if lib in args.libs}
     late = LateResult() if "watcher" in args.libs else None
     started = time.monotonic()
-    load_before = os.getloadavg()
+    load_before = load_average()
 
     # environments first: a library whose install fails is reported, the rest go on
     pythons: dict[str, Path] = {}
@@ -313,16 +278,31 @@ def main(argv: list[str] | None = None) -> int:
 
     with RedisServer() as server:
         url = server.url
-        machine = machine_info(url)
+        admin = redis.Redis.from_url(url)
+        machine = machine_info(str(admin.info("server").get("redis_version", "?")))
         console.print(
             f"private redis-server {machine['redis']} at {url}; nproc {machine['nproc']}; "
             f"{sizes.jobs:,} jobs, {sizes.schedulers:,} schedulers, {args.runs} run(s)"
         )
-        admin = redis.Redis.from_url(url)
 
         def task(mode: str, **extra: Any) -> dict[str, Any]:
             admin.flushall()
             return {"mode": mode, "url": url, "timeout": sizes.run_timeout, **extra}
+
+        def measure(
+            target: Variant | SchedResult | LateResult,
+            lib: str,
+            timeout: float,
+            mode: str,
+            **extra: Any,
+        ) -> dict[str, Any] | None:
+            """One runner call; a failure is kept in `target.error` (and shown): None."""
+            try:
+                return run_runner(lib, pythons[lib], task(mode, **extra), timeout)
+            except BenchError as exc:
+                target.error = str(exc)
+                console.print(f" [red]{escape(failed(target.error))}[/]")
+                return None
 
         for run in range(1, args.runs + 1):
             tag = f"run {run}/{args.runs}"
@@ -330,16 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                 if row.error:
                     continue
                 console.print(f"[dim]{tag}[/] {row.label}: e2e {sizes.jobs:,} jobs ...", end="")
-                try:
-                    res = run_runner(
-                        row.lib,
-                        pythons[row.lib],
-                        task("e2e", n=sizes.jobs, **row.task),
-                        sizes.run_timeout + 120,
-                    )
-                except BenchError as exc:
-                    row.error = str(exc)
-                    console.print(f" [red]{escape(failed(row.error))}[/]")
+                timeout = sizes.run_timeout + 120
+                res = measure(row, row.lib, timeout, "e2e", n=sizes.jobs, **row.task)
+                if res is None:
                     continue
                 row.enqueue.append(res["enqueue_rate"])
                 row.e2e.append(res["e2e_rate"])
@@ -359,16 +332,11 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(
                     f"[dim]{tag}[/] {lib}: upsert {sizes.schedulers:,} schedulers ...", end=""
                 )
-                try:
-                    res = run_runner(
-                        lib,
-                        pythons[lib],
-                        task("schedulers", n=sizes.schedulers, every=sizes.every),
-                        sizes.run_timeout + 120,
-                    )
-                except BenchError as exc:
-                    result.error = str(exc)
-                    console.print(f" [red]{escape(failed(result.error))}[/]")
+                timeout = sizes.run_timeout + 120
+                res = measure(
+                    result, lib, timeout, "schedulers", n=sizes.schedulers, every=sizes.every
+                )
+                if res is None:
                     continue
                 result.upsert.append(res["upsert_rate"])
                 result.bytes_per.append(res["bytes_per_scheduler"])
@@ -386,23 +354,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"every {sizes.every:g} s for {sizes.late_seconds:g} s ...",
                     end="",
                 )
-                try:
-                    res = run_runner(
-                        "watcher",
-                        pythons["watcher"],
-                        task(
-                            "lateness",
-                            n=sizes.late_schedulers,
-                            every=sizes.every,
-                            duration=sizes.late_seconds,
-                            concurrency=50,
-                        ),
-                        sizes.late_seconds + 180,
-                    )
-                except BenchError as exc:
-                    late.error = str(exc)
-                    console.print(f" [red]{escape(failed(late.error))}[/]")
-                else:
+                res = measure(
+                    late,
+                    "watcher",
+                    sizes.late_seconds + 180,
+                    "lateness",
+                    n=sizes.late_schedulers,
+                    every=sizes.every,
+                    duration=sizes.late_seconds,
+                    concurrency=50,
+                )
+                if res is not None:
                     late.p50.append(res["p50_ms"])
                     late.p99.append(res["p99_ms"])
                     late.worst.append(res["max_ms"])
@@ -416,16 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         admin.close()
 
     elapsed = time.monotonic() - started
-    load_after = os.getloadavg()
-    machine["load"] = (
-        f"load average (1 min) {load_before[0]:.2f} at start, {load_after[0]:.2f} at end"
-    )
+    load = (load_before, load_average())
     header, body = build_table(rows, sched)
     notes = footer(rows, sched, late, sizes)
     show(header, body, notes, sizes, args.runs)
     write_markdown(
         args.output, header, body, notes, rows, sched, late, sizes, args, machine, versions,
-        elapsed,
+        load, elapsed,
     )  # fmt: skip
     console.print(f"wrote {args.output} ({elapsed / 60:.1f} min in all)")
     return 0
@@ -510,16 +469,12 @@ def lateness_line(late: LateResult, sizes: Sizes) -> str:
     )
 
 
+LEFT_COLUMNS = (0, 2)  # library and "enqueue via"; the figures are right-aligned
+
+
 def show(header: list[str], body: list[list[str]], notes: list[str], sizes: Sizes, runs: int):
-    table = Table(
-        title=f"Queue benchmark: {sizes.jobs:,} no-op jobs, median of {runs} run(s)",
-        title_justify="left",
-    )
-    for i, name in enumerate(header):
-        table.add_column(name, justify="right" if i not in (0, 2) else "left")
-    for cells in body:
-        table.add_row(*(escape(cell) for cell in cells))
-    console.print(table)
+    title = f"Queue benchmark: {sizes.jobs:,} no-op jobs, median of {runs} run(s)"
+    console.print(rich_table(title, header, body, LEFT_COLUMNS))
     for line in notes:
         console.print(escape(line))
 
@@ -536,32 +491,24 @@ def write_markdown(
     args: argparse.Namespace,
     machine: dict[str, str],
     versions: dict[str, dict[str, str]],
+    load: tuple[float, float],
     elapsed: float,
 ) -> None:
-    def md_row(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    now = dt.datetime.now().astimezone()
     lines = [
-        "# Queue benchmark",
-        "",
-        f"- date: {now:%Y-%m-%d %H:%M %Z}",
-        f"- machine: nproc {machine['nproc']}, {machine['cpu']}, {machine['os']}; "
-        f"{machine['load']}",
-        f"- python {machine['python']}, redis-server {machine['redis']} "
-        "(private, no persistence, 127.0.0.1)",
-        f"- command: `{command_line()}` ({elapsed / 60:.1f} min)",
-        "- versions: "
-        + "; ".join(
-            f"{lib}: " + ", ".join(f"{k} {v}" for k, v in vers.items())
-            for lib, vers in versions.items()
+        *markdown_preamble(
+            "Queue benchmark",
+            machine,
+            versions="; ".join(
+                f"{lib}: " + ", ".join(f"{k} {v}" for k, v in vers.items())
+                for lib, vers in versions.items()
+            ),
+            load=load,
+            elapsed=elapsed,
         ),
         "",
         f"{sizes.jobs:,} no-op jobs; each number is the median of {args.runs} run(s).",
         "",
-        md_row(header),
-        md_row(["---"] + ["---:", "---"] + ["---:"] * 4),
-        *(md_row(cells) for cells in body),
+        *markdown_table(header, body, LEFT_COLUMNS),
         "",
     ]
     if notes:

@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (sys.path is fixed before the imports, see below)
 """Time `watcher sync` of a large YAML against a private Redis.
 
     .venv/bin/python bench/sync.py [--resources 100000]
@@ -8,21 +9,22 @@ one after every resource's interval changed (everything updated). Prints wall-cl
 for each and the time spent loading and validating the YAML alone.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# Run as a script, this file's folder would come first on sys.path, where bench/queue.py and
+# bench/checks.py would shadow the standard library's `queue` and watcher's `checks`: drop it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watcher.config import load_config  # noqa: E402
-from watcher.redis_server import RedisServer  # noqa: E402
+import os
+import subprocess
+import tempfile
+import time
+
+from bench.common import arg_parser
+from watcher.config import load_config
+from watcher.redis_server import RedisServer
 
 WATCHER = str(Path(sys.executable).parent / "watcher")
 
@@ -49,7 +51,7 @@ def timed_sync(folder: Path, url: str) -> tuple[float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--resources", type=int, default=100_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as server:

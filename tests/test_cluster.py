@@ -121,13 +121,14 @@ async def test_scheduler_api_and_every_key_on_one_node(
 
     assert await queue.remove_schedulers(["r0", "r1", "nope"]) == 2
     assert (await queue.counts())["schedulers"] == 198
+    assert await queue.scheduler_count() == 198
     removed = [e["scheduler"] for e in await queue.events() if e["event"] == "removed"]
     assert sorted(removed) == ["r0", "r1"]
 
     # One hash tag, one slot: every key of the queue is on the node that serves it.
     owner = redis_cluster.owner(queue.key("schedulers"))
     on_owner = set(redis_cluster.keys_in_slot(owner, key_slot(queue.key("x").encode())))
-    expected = {queue.key(part) for part in ("schedulers", "events", "epochs", "ids")}
+    expected = {queue.key(part) for part in ("schedulers", "events", "epochs", "scheduler_count")}
     expected |= {queue.key(f"scheduler:r{i}") for i in range(2, 200)}
     assert on_owner == expected
     for port in redis_cluster.ports:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -36,7 +37,10 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from watcher.masking import mask_headers
+from watcher import secrets
+from watcher.limits import BYTES_VARIABLE, Limits, format_size
+from watcher.masking import is_secret, mask_headers
+from watcher.schedule import Schedule, ScheduleError, format_duration
 from watcher.yaml_source import (
     ConfigError,
     ConfigIssue,
@@ -47,6 +51,8 @@ from watcher.yaml_source import (
     show,
     substitute,
 )
+
+log = logging.getLogger("watcher.config")
 
 __all__ = [
     "CommandNotifier",
@@ -64,6 +70,8 @@ __all__ = [
 
 
 DEFAULT_EVERY = 300.0
+MIN_EVERY = 1.0
+"""The shortest `every` a resource may ask for unless it sets `min_every` lower."""
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 TOP_LEVEL_KEYS = ("redis", "queue", "history_limit", "defaults", "notifiers", "resources")
 
@@ -225,7 +233,26 @@ def _cron_expression(value: str, tz: str) -> str:
             f"invalid cron expression {show(value)}: {exc}; expected 5 fields"
             ' (minute hour day month day-of-week), e.g. "0 9 * * 1-5"'
         ) from None
+    _workable_schedule(cron=expression, tz=tz)
     return expression
+
+
+def _workable_schedule(**schedule: Any) -> None:
+    """ValueError for a schedule that could never run as written (the queue's own rules)."""
+    try:
+        Schedule.build(**schedule)
+    except ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _every_above_floor(every: float, floor: float) -> None:
+    if every < floor:
+        shown = format_duration(every)
+        raise ValueError(
+            f"`every` {shown} is shorter than the floor of {format_duration(floor)}, which"
+            f" keeps a mistyped interval from flooding a server; to check this often, set"
+            f" `min_every: {shown}` on this resource (or in defaults)"
+        )
 
 
 def _header_name(value: str) -> str:
@@ -380,9 +407,10 @@ class ResourceConfig(_Model):
     id: ResourceId
     url: HttpUrl
     check: CheckName = "etag"
+    # Fields are validated in this order: each schedule field's validator sees those above it.
+    min_every: PositiveDuration = MIN_EVERY
     every: PositiveDuration | None = None
     tz: TimeZone = "UTC"
-    # After `every` and `tz`, so that its validator can see both.
     cron: str | None = None
     jitter: NonNegativeDuration = 0.0
     method: Method = "GET"
@@ -393,6 +421,8 @@ class ResourceConfig(_Model):
     options: Options = Field(default_factory=dict)
     enabled: bool = True
     overlap: bool = False
+    _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
+    """Fields stored as written, ``${VAR}`` references and all (see `watcher.secrets`)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -402,6 +432,14 @@ class ResourceConfig(_Model):
             data["every"] = DEFAULT_EVERY
         return data
 
+    @field_validator("every")
+    @classmethod
+    def _check_every(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None:
+            _every_above_floor(value, info.data.get("min_every", MIN_EVERY))
+            _workable_schedule(every=value)
+        return value
+
     @field_validator("cron")
     @classmethod
     def _check_cron(cls, value: str, info: ValidationInfo) -> str:
@@ -409,19 +447,31 @@ class ResourceConfig(_Model):
             raise ValueError("`every` and `cron` are both set; keep one of them")
         return _cron_expression(value, info.data.get("tz", "UTC"))
 
+    @field_validator("jitter")
+    @classmethod
+    def _check_jitter(cls, value: float, info: ValidationInfo) -> float:
+        every, cron = info.data.get("every"), info.data.get("cron")
+        if every is not None or cron is not None:
+            _workable_schedule(every=every, cron=cron, tz=info.data.get("tz"), jitter=value)
+        return value
+
     def identity(self) -> str:
         """A short hash of what the stored state depends on: url, method, check, the request
-        headers and the check's options (a new regex or Accept makes old validators moot)."""
+        headers and the check's options (a new regex or Accept makes old validators moot).
+        Secrets count as stored, as references: a rotated token keeps the state."""
+        stored = self.template()
         payload = json.dumps(
-            [self.url, self.method, self.check, self.headers, self.options],
+            [stored["url"], self.method, self.check, stored["headers"], self.options],
             separators=(",", ":"),
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def template(self) -> dict[str, Any]:
-        """Everything a check run needs, as JSON-serialisable data."""
-        return self.model_dump(mode="json", include=set(_TEMPLATE_FIELDS))
+        """Everything a check run needs, as JSON-serialisable data; secrets written as
+        ``${VAR}`` stay references, listed under ``from_env``, for the worker to expand."""
+        data = self.model_dump(mode="json", include=set(_TEMPLATE_FIELDS))
+        return secrets.with_references(data, self._from_env)
 
     def masked_headers(self) -> dict[str, str]:
         """The headers with secret values (Authorization, Cookie, secret_headers) masked."""
@@ -592,11 +642,17 @@ def _notifier_types() -> str:
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a configuration file; raises ConfigError listing every problem."""
+    """Read and validate a configuration file; raises ConfigError listing every problem.
+
+    `env` (default: the process's) gives the ``${VAR}`` values and the loader's limits.
+    """
     source = os.fsdecode(path)
+    limits = _limits(source, os.environ if env is None else env)
     try:
-        with open(source, encoding="utf-8-sig") as file:
-            text = file.read()
+        with open(source, "rb") as file:
+            raw = file.read(limits.max_bytes + 1)  # no more: the file may be huge
+        _check_size(source, raw, limits)
+        text = raw.decode("utf-8-sig")
     except OSError as exc:
         reason = exc.strerror or str(exc)
         issue = ConfigIssue(source, None, None, "", f"cannot read: {reason}")
@@ -607,13 +663,38 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     return parse_config(text, source, env)
 
 
+def _limits(source: str, env: Mapping[str, str]) -> Limits:
+    try:
+        return Limits.from_env(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=source) from None
+
+
+def _check_size(source: str, data: str | bytes, limits: Limits) -> None:
+    """ConfigError when `data` is over the size limit, at the line where it crosses it."""
+    limit = limits.max_bytes
+    if len(data) <= limit:
+        return
+    head = data[:limit] if isinstance(data, str) else data[:limit].decode("utf-8", "replace")
+    line = head.count("\n") + 1
+    column = len(head) - head.rfind("\n")
+    message = (
+        f"the file is larger than {format_size(limit)} (the limit; {BYTES_VARIABLE} raises it);"
+        " it crosses the limit here"
+    )
+    raise ConfigError([ConfigIssue(source, line, column, "", message)], source)
+
+
 def parse_config(
     text: str, filename: str = "watcher.yaml", env: Mapping[str, str] | None = None
 ) -> Config:
     """Validate configuration text; ``filename`` is used in messages and as ``Config.source``."""
+    env = os.environ if env is None else env
+    limits = _limits(filename, env)
+    _check_size(filename, text, limits)
     report = Report(filename)
-    data = load_yaml(text, report)
-    data = substitute(data, (), os.environ if env is None else env, report)
+    data = load_yaml(text, report, limits)
+    data = substitute(data, (), env, report)
     root = _root_mapping(data, report)
     resources = root.get("resources")
     report.map.ids = _resource_ids(resources)
@@ -633,7 +714,61 @@ def parse_config(
     if report.problems or config is None:
         raise report.error()
     config._source_map = report.map
+    literal = _keep_references(config, resources, report, env)
+    if literal:
+        _warn_literal_secrets(filename, literal, report.map)
     return config
+
+
+def _keep_references(
+    config: Config, written_resources: Any, report: Report, env: Mapping[str, str]
+) -> list[Path]:
+    """Marks each resource's secrets written as ``${VAR}`` to be stored as written; returns
+    where secrets are written literally (stored as they are)."""
+    literal: dict[Path, None] = {}
+    for i, resource in enumerate(config.resources):
+        written = written_resources[i] if isinstance(written_resources, list) else {}
+        own = written.get("headers") if isinstance(written, dict) else None
+        kept: dict[str, str] = {}
+        for name in resource.headers:
+            if not is_secret(name, resource.secret_headers):
+                continue
+            where: Path = (
+                ("resources", i, "headers", name)
+                if isinstance(own, dict) and name in own
+                else ("defaults", "headers", name)
+            )
+            text = report.written.get(where)
+            if text is not None:
+                kept[secrets.header_field(name)] = text.strip()
+            else:
+                literal[where] = None
+        written_url = report.written.get(("resources", i, "url"))
+        stored_url = secrets.url_keeping_references(written_url, env) if written_url else None
+        if stored_url is not None:
+            kept[secrets.URL_FIELD] = stored_url
+        elif secrets.has_user_info(resource.url):
+            literal[("resources", i, "url")] = None
+        resource._from_env = kept
+    return list(literal)
+
+
+SHOWN_LITERAL_SECRETS = 5
+
+
+def _warn_literal_secrets(source: str, paths: list[Path], source_map: SourceMap) -> None:
+    shown = []
+    for path in paths[:SHOWN_LITERAL_SECRETS]:
+        where = source_map.locate(path, key=True)
+        shown.append(source_map.describe(path) + (f" (line {where[0]})" if where else ""))
+    if len(paths) > SHOWN_LITERAL_SECRETS:
+        shown.append(f"and {len(paths) - SHOWN_LITERAL_SECRETS} more")
+    log.warning(
+        "%s: secrets written literally are stored in Redis as written: %s; write them as"
+        " ${VAR} references, which are stored as such and expanded by each worker",
+        source,
+        ", ".join(shown),
+    )
 
 
 def _root_mapping(data: Any, report: Report) -> dict[str, Any]:

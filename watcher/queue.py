@@ -26,9 +26,9 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           reuses an epoch a run in flight could carry)
   stat:completed / stat:failed   STRING counters
   stat:fenced      STRING state write-backs dropped by fencing (a newer run or a reset was first)
-  ids              SET    every scheduler id (upsert adds, remove removes): counted without SCAN
+  scheduler_count  STRING schedulers created minus removed: counted without a SCAN
   failing          ZSET   scheduler id -> failures in a row, while failing
-  changed          ZSET   scheduler id -> time of its last change (ms)
+  changed          ZSET   scheduler id -> time of its last change (ms), the newest 10,000
                           (status ranks the most telling resources from these two and
                           `schedulers`, without reading every scheduler)
   events           STREAM removed schedulers, skipped ticks, retries, failures, stalled
@@ -725,13 +725,13 @@ class Queue:
         return list(chosen)[:limit]
 
     async def scheduler_count(self) -> int:
-        """Every scheduler, ended ones included (data written before the `ids` set existed
-        is counted from `schedulers` until the next sync)."""
+        """Every scheduler, ended ones included (schedulers created before the count was
+        kept are counted from `schedulers`, the scheduled ones)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.scard(self.key("ids"))
+            pipe.get(self.key("scheduler_count"))
             pipe.zcard(self.key("schedulers"))
-            in_set, scheduled = await pipe.execute()
-        return max(int(in_set), int(scheduled))
+            counted, scheduled = await pipe.execute()
+        return max(int(counted or 0), int(scheduled))
 
     async def counts(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:

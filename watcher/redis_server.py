@@ -49,8 +49,9 @@ def free_port() -> int:
 class RedisServer:
     """Start with `start()` (or `with RedisServer(...) as server:`); `url` points at it.
 
-    `persist=True` keeps data in `data_dir` across restarts (AOF, fsync every second);
-    otherwise nothing is written to disk.
+    `persist=True` keeps data in `data_dir` across restarts and crashes: an append-only
+    file, fsynced every second, so a crash (of Redis or of the machine) loses at most the
+    last second of writes; otherwise nothing is written to disk and a restart starts empty.
     """
 
     def __init__(
@@ -124,7 +125,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # NOAUTH: a password
                         return
             except OSError:
                 pass

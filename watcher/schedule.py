@@ -15,8 +15,9 @@ import json
 import random
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from itertools import pairwise
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
@@ -26,6 +27,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 class ScheduleError(ValueError):
     """A schedule that cannot work: raised before anything is written."""
+
+
+MAX_EVERY = 365 * 86400.0
+"""The longest `every`, in seconds: past a year a cron says it better, and far past it the
+date arithmetic overflows."""
 
 
 @dataclass(frozen=True)
@@ -55,18 +61,35 @@ class Schedule:
         if every is not None:
             if isinstance(every, bool) or not isinstance(every, int | float) or every <= 0:
                 raise ScheduleError(f"`every` must be a positive number of seconds, got {every!r}")
+            if every > MAX_EVERY:
+                raise ScheduleError(
+                    f"`every` must be at most {format_duration(MAX_EVERY)}"
+                    f" (got {format_duration(every)}); use a cron for rarer runs"
+                )
             every_ms = max(1, round(every * 1000))
         if not isinstance(jitter, int | float) or jitter < 0:
             raise ScheduleError(f"`jitter` must be >= 0 seconds, got {jitter!r}")
         jitter_ms = round(jitter * 1000)
         if every_ms is not None and jitter_ms >= every_ms:
-            raise ScheduleError("`jitter` must be shorter than `every`")
+            raise ScheduleError(
+                f"`jitter` ({format_duration(jitter)}) must be shorter than `every`"
+                f" ({format_duration(every_ms / 1000)})"
+            )
         start_ms = None if start is None else round(start * 1000)
         end_ms = None if end is None else round(end * 1000)
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise ScheduleError("`end` must be after `start`")
         schedule = cls(every_ms, cron, tz or "UTC", jitter_ms, start_ms, end_ms)
         schedule.trigger("validate")  # raises ScheduleError for a bad crontab or time zone
+        if schedule.cron is not None:
+            gap_ms = cron_gap_ms(schedule.cron, schedule.tz)
+            if gap_ms is None:
+                raise ScheduleError(f"cron {schedule.cron!r} never fires: no date matches it")
+            if jitter_ms >= gap_ms:
+                raise ScheduleError(
+                    f"`jitter` ({format_duration(jitter)}) must be shorter than the time"
+                    f" between the cron's runs ({format_duration(gap_ms / 1000)})"
+                )
         return schedule
 
     def encode(self) -> str:
@@ -134,6 +157,25 @@ def _decode(text: str) -> Schedule:
         start_ms=raw.get("start"),
         end_ms=raw.get("end"),
     )
+
+
+@lru_cache(maxsize=4096)
+def cron_gap_ms(cron: str, tz: str, fires: int = 8) -> int | None:
+    """The shortest time between the next few runs of a crontab (ms); None if it never
+    fires (``0 0 30 2 *``: February has no 30th)."""
+    trigger = Schedule(cron=cron, tz=tz).trigger("cron")
+    moment = datetime.now(UTC)
+    times: list[datetime] = []
+    for _ in range(fires):
+        fire: datetime | None = trigger.get_next_fire_time(None, moment)
+        if fire is None:
+            break
+        times.append(fire)
+        moment = fire + timedelta(seconds=1)
+    if not times:
+        return None
+    gaps = [round((b - a).total_seconds() * 1000) for a, b in pairwise(times)]
+    return min(gaps, default=round(MAX_EVERY * 1000))
 
 
 @lru_cache(maxsize=65536)

@@ -18,12 +18,14 @@ from redis.commands.core import AsyncScript
 
 from watcher.jobs import DEFAULT_ATTEMPTS, JobState
 
-__all__ = ["EVENTS_MAX", "MARKER_MAX", "Script", "load_scripts"]
+__all__ = ["CHANGED_MAX", "EVENTS_MAX", "MARKER_MAX", "Script", "load_scripts"]
 
 EVENTS_MAX = 10_000
 """The events stream is trimmed to about this many entries."""
 MARKER_MAX = 64
 """Wake-up tokens kept for idle workers."""
+CHANGED_MAX = 10_000
+"""Schedulers ranked by their last change (status shows the newest of them)."""
 
 _KEYS_LINE = re.compile(r"^-- KEYS: (.+)$", re.MULTILINE)
 
@@ -33,6 +35,7 @@ def prelude() -> str:
         f"local DEFAULT_ATTEMPTS = {DEFAULT_ATTEMPTS}",
         f"local EVENTS_MAX = {EVENTS_MAX}",
         f"local MARKER_MAX = {MARKER_MAX}",
+        f"local CHANGED_MAX = {CHANGED_MAX}",
         *(f"local {state.name} = '{state.value}'" for state in JobState),
     ]
     return "\n".join(constants) + "\n" + _source("prelude")

@@ -18,6 +18,7 @@ __all__ = [
     "FROM_ENV",
     "NAME_AND_DEFAULT",
     "REFERENCE",
+    "URL_FIELD",
     "SecretUnavailable",
     "expand_stored",
     "has_reference",
@@ -25,6 +26,7 @@ __all__ = [
     "header_field",
     "lookup",
     "url_keeping_references",
+    "with_references",
 ]
 
 FROM_ENV = "from_env"
@@ -126,6 +128,22 @@ def url_keeping_references(raw: str, env: Mapping[str, str]) -> str | None:
             stored.append(piece.value.replace("$", "$$"))
         offset = piece_end
     return "".join(stored).strip() if kept else None
+
+
+def with_references(data: dict[str, Any], kept: Mapping[str, str]) -> dict[str, Any]:
+    """Template data with the `kept` fields ("url", "headers.<name>") stored as written, and
+    listed under ``from_env``."""
+    if not kept:
+        return data
+    headers = dict(data.get("headers") or {})
+    for field, text in kept.items():
+        if field == URL_FIELD:
+            data["url"] = text
+        elif field.startswith(_HEADER_PREFIX):
+            headers[field[len(_HEADER_PREFIX) :]] = text
+    data["headers"] = headers
+    data[FROM_ENV] = sorted(kept)
+    return data
 
 
 class SecretUnavailable(Exception):

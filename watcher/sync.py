@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from watcher.config import Config, ResourceConfig
+from watcher.config import Config, ConfigError, ConfigIssue, ResourceConfig
 from watcher.queue import Queue, SchedulerSpec
-from watcher.schedule import Schedule
+from watcher.schedule import Schedule, ScheduleError
 
 FIELDS = ("name", "data", "spec", "scope", "owner", "overlap")
 
@@ -85,7 +85,38 @@ def _changed_fields(spec: SchedulerSpec, current: list[str | None]) -> list[str]
     return sorted(changed)
 
 
+def check_schedules(config: Config, now_ms: int) -> None:
+    """ConfigError, at the file's line, for a schedule the queue would refuse: found before
+    a plan is shown, not half-way through applying it. Each distinct schedule is tried once."""
+    tried: dict[tuple[Any, ...], str | None] = {}
+    issues: list[ConfigIssue] = []
+    for index, resource in enumerate(config.resources):
+        every = resource.every if resource.cron is None else None
+        key = (every, resource.cron, resource.tz, resource.jitter)
+        if key not in tried:
+            tried[key] = _schedule_problem(*key, now_ms=now_ms)
+        problem = tried[key]
+        if problem and resource.enabled:
+            field = "every" if resource.cron is None else "cron"
+            issues += config.error(("resources", index, field), problem).errors
+    if issues:
+        raise ConfigError(issues, config.source)
+
+
+def _schedule_problem(
+    every: float | None, cron: str | None, tz: str, jitter: float, *, now_ms: int
+) -> str | None:
+    try:
+        schedule = Schedule.build(every=every, cron=cron, tz=tz, jitter=jitter)
+        if schedule.next_slot("probe", now_ms) is None:
+            return "this schedule never fires"
+    except (ScheduleError, OverflowError) as exc:
+        return str(exc)
+    return None
+
+
 async def plan_sync(queue: Queue, config: Config) -> Plan:
+    check_schedules(config, await queue.now_ms())
     owner = owner_of(config)
     declared = {r.id: spec_for(r, owner) for r in config.resources if r.enabled}
     existing = await queue.scheduler_fields(FIELDS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from _runner import concurrently, serve_task
+from _runner import Countdown, concurrently, e2e_result, serve_task, settle
 
 ENQUEUE_LANES = 50
 
@@ -31,14 +31,10 @@ async def e2e(task: dict) -> dict:
     if queued != n:
         raise RuntimeError(f"{queued} jobs queued, expected {n}")
 
-    done = asyncio.Event()
-    state = {"count": 0, "t_done": 0.0}
+    countdown = Countdown(n)
 
     async def noop(ctx: dict, i: int) -> None:
-        state["count"] += 1
-        if state["count"] == n:
-            state["t_done"] = time.perf_counter()
-            done.set()
+        countdown.hit()
 
     kwargs = {"max_jobs": task.get("max_jobs", 50), "burst": True, "handle_signals": False}
     if task.get("poll_delay") is not None:
@@ -47,27 +43,17 @@ async def e2e(task: dict) -> dict:
     t_start = time.perf_counter()
     run = asyncio.create_task(worker.async_run())
     try:
-        await asyncio.wait_for(done.wait(), task.get("timeout", 300))
-    except TimeoutError:
-        raise RuntimeError(
-            f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s"
-        ) from None
+        await countdown.wait(task.get("timeout", 300))
     finally:
-        try:
-            await asyncio.wait_for(run, 30)  # burst mode: returns once the queue is empty
-        except (TimeoutError, asyncio.CancelledError):
-            run.cancel()
+        await settle(run)  # burst mode: returns once the queue is empty
         await worker.close()
-    e2e_s = state["t_done"] - t_start
-    return {
-        "enqueue_s": enqueue_s,
-        "enqueue_rate": n / enqueue_s,
-        "enqueue_method": f"concurrent enqueue_job ({ENQUEUE_LANES} tasks)",
-        "e2e_s": e2e_s,
-        "e2e_rate": n / e2e_s,
-        "handled": state["count"],
-        "completed": worker.jobs_complete,
-    }
+    return e2e_result(
+        countdown,
+        t_start,
+        enqueue_s,
+        f"concurrent enqueue_job ({ENQUEUE_LANES} tasks)",
+        completed=worker.jobs_complete,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from _runner import concurrently, serve_task
+from _runner import Countdown, concurrently, e2e_result, serve_task, settle, used_memory
 
 BATCH = 1000
 LANES = 50
@@ -33,56 +33,34 @@ async def e2e(task: dict) -> dict:
     if queued != n:
         raise RuntimeError(f"{queued} jobs waiting, expected {n}")
 
-    done = asyncio.Event()
-    state = {"count": 0, "t_done": 0.0}
+    countdown = Countdown(n)
 
     async def noop(job, token) -> None:
-        state["count"] += 1
-        if state["count"] == n:
-            state["t_done"] = time.perf_counter()
-            done.set()
+        countdown.hit()
+
+    async def all_completed() -> bool:
+        return (await queue.getJobCounts("completed"))["completed"] >= n
 
     opts = {"connection": url, "concurrency": task.get("concurrency", 50), "autorun": False}
     worker = Worker("bench", noop, opts)
     t_start = time.perf_counter()
     run = asyncio.create_task(worker.run())
-    drain_s = None
     try:
-        await asyncio.wait_for(done.wait(), task.get("timeout", 300))
         # let the last handlers' completions land before closing the worker
-        deadline = time.perf_counter() + 10
-        while time.perf_counter() < deadline:
-            if (await queue.getJobCounts("completed"))["completed"] >= n:
-                drain_s = time.perf_counter() - state["t_done"]
-                break
-            await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise RuntimeError(
-            f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s"
-        ) from None
+        drain_s = await countdown.drain(task.get("timeout", 300), all_completed)
     finally:
         await worker.close()
-        try:
-            await asyncio.wait_for(run, 30)
-        except (TimeoutError, asyncio.CancelledError):
-            run.cancel()
+        await settle(run)
     completed = (await queue.getJobCounts("completed"))["completed"]
     await queue.close()
-    e2e_s = state["t_done"] - t_start
-    return {
-        "enqueue_s": enqueue_s,
-        "enqueue_rate": n / enqueue_s,
-        "enqueue_method": f"bulk addBulk ({BATCH}/call)",
-        "e2e_s": e2e_s,
-        "e2e_rate": n / e2e_s,
-        "handled": state["count"],
-        "drain_s": drain_s,
-        "completed": completed,
-    }
-
-
-async def used_memory(client) -> int:
-    return int((await client.info("memory"))["used_memory"])
+    return e2e_result(
+        countdown,
+        t_start,
+        enqueue_s,
+        f"bulk addBulk ({BATCH}/call)",
+        drain_s=drain_s,
+        completed=completed,
+    )
 
 
 async def schedulers(task: dict) -> dict:

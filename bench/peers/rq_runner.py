@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import time
 
-from _runner import serve_task
+from _runner import Countdown, e2e_result, serve_task
 
 BATCH = 1000
-STATE = {"count": 0, "n": 0, "t_done": 0.0}
+# the handler runs in this process (SimpleWorker imports it as __main__.noop): set by e2e()
+countdown = Countdown(0)
 
 
 def noop(i: int) -> None:
-    STATE["count"] += 1
-    if STATE["count"] == STATE["n"]:
-        STATE["t_done"] = time.perf_counter()
+    countdown.hit()
 
 
 def e2e(task: dict) -> dict:
     from redis import Redis
     from rq import Queue, SimpleWorker
 
+    global countdown
     n = task["n"]
-    STATE["n"] = n
+    countdown = Countdown(n)
     conn = Redis.from_url(task["url"])
     queue = Queue("bench", connection=conn)
     t0 = time.perf_counter()
@@ -43,19 +43,16 @@ def e2e(task: dict) -> dict:
     t_start = time.perf_counter()
     worker.work(burst=True, logging_level="WARNING")
     t_end = time.perf_counter()
-    if STATE["count"] != n:
-        raise RuntimeError(f"only {STATE['count']}/{n} jobs ran")
-    e2e_s = STATE["t_done"] - t_start
-    return {
-        "enqueue_s": enqueue_s,
-        "enqueue_rate": n / enqueue_s,
-        "enqueue_method": f"bulk enqueue_many ({BATCH}/call)",
-        "e2e_s": e2e_s,
-        "e2e_rate": n / e2e_s,
-        "handled": STATE["count"],
-        "drain_s": t_end - STATE["t_done"],
-        "completed": queue.finished_job_registry.count,
-    }
+    if countdown.count != n:
+        raise RuntimeError(f"only {countdown.count}/{n} jobs ran")
+    return e2e_result(
+        countdown,
+        t_start,
+        enqueue_s,
+        f"bulk enqueue_many ({BATCH}/call)",
+        drain_s=t_end - countdown.t_done,
+        completed=queue.finished_job_registry.count,
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from _runner import concurrently, serve_task
+from _runner import Countdown, concurrently, e2e_result, serve_task, settle, wait_until
 
 ENQUEUE_LANES = 50
 
@@ -29,48 +29,35 @@ async def e2e(task: dict) -> dict:
     if queued != n:
         raise RuntimeError(f"{queued} jobs queued, expected {n}")
 
-    done = asyncio.Event()
-    state = {"count": 0, "t_done": 0.0}
+    countdown = Countdown(n)
 
     async def noop(ctx: dict, *, i: int) -> None:
-        state["count"] += 1
-        if state["count"] == n:
-            state["t_done"] = time.perf_counter()
-            done.set()
+        countdown.hit()
+
+    async def none_incomplete() -> bool:
+        return not await queue.count("incomplete")
 
     worker = Worker(queue, functions=[("noop", noop)], concurrency=task.get("concurrency", 50))
     t_start = time.perf_counter()
     run = asyncio.create_task(worker.start())
     try:
-        await asyncio.wait_for(done.wait(), task.get("timeout", 300))
-    except TimeoutError:
-        raise RuntimeError(
-            f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s"
-        ) from None
+        await countdown.wait(task.get("timeout", 300))
     finally:
         # let the last handlers' completions land before stopping (stop cancels in-flight tasks)
-        deadline = time.perf_counter() + 10
-        while await queue.count("incomplete") and time.perf_counter() < deadline:
-            await asyncio.sleep(0.005)
-        drain_s = time.perf_counter() - (state["t_done"] or time.perf_counter())
+        await wait_until(none_incomplete)
+        drain_s = time.perf_counter() - (countdown.t_done or time.perf_counter())
         await worker.stop()
-        try:
-            await asyncio.wait_for(run, 30)
-        except (TimeoutError, asyncio.CancelledError):
-            run.cancel()
-    e2e_s = state["t_done"] - t_start
+        await settle(run)
     incomplete = await queue.count("incomplete")
     await queue.disconnect()
-    return {
-        "enqueue_s": enqueue_s,
-        "enqueue_rate": n / enqueue_s,
-        "enqueue_method": f"concurrent enqueue ({ENQUEUE_LANES} tasks)",
-        "e2e_s": e2e_s,
-        "e2e_rate": n / e2e_s,
-        "handled": state["count"],
-        "drain_s": drain_s,
-        "incomplete_after": incomplete,
-    }
+    return e2e_result(
+        countdown,
+        t_start,
+        enqueue_s,
+        f"concurrent enqueue ({ENQUEUE_LANES} tasks)",
+        drain_s=drain_s,
+        incomplete_after=incomplete,
+    )
 
 
 if __name__ == "__main__":

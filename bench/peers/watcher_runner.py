@@ -15,7 +15,7 @@ import asyncio
 import statistics
 import time
 
-from _runner import concurrently, serve_task
+from _runner import Countdown, concurrently, e2e_result, serve_task, settle, used_memory
 
 BATCH = 1000
 LANES = 50
@@ -23,10 +23,7 @@ LANES = 50
 
 async def stop_worker(worker, run: asyncio.Task, timeout: float = 30) -> None:
     worker.stop()
-    try:
-        await asyncio.wait_for(run, timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        run.cancel()
+    await settle(run, timeout)
 
 
 async def e2e(task: dict) -> dict:
@@ -43,51 +40,32 @@ async def e2e(task: dict) -> dict:
     if queued != n:
         raise RuntimeError(f"{queued} jobs waiting, expected {n}")
 
-    done = asyncio.Event()
-    state = {"count": 0, "t_done": 0.0}
+    countdown = Countdown(n)
 
     async def noop(job) -> None:
-        state["count"] += 1
-        if state["count"] == n:
-            state["t_done"] = time.perf_counter()
-            done.set()
+        countdown.hit()
+
+    async def all_completed() -> bool:
+        return (await queue.counts())["completed"] >= n
 
     worker = Worker(queue, {"noop": noop}, concurrency=task.get("concurrency", 50))
     t_start = time.perf_counter()
     run = asyncio.create_task(worker.run())
-    drain_s = None
     try:
-        await asyncio.wait_for(done.wait(), task.get("timeout", 300))
         # let the last handlers' completions land before stopping the worker
-        deadline = time.perf_counter() + 10
-        while time.perf_counter() < deadline:
-            if (await queue.counts())["completed"] >= n:
-                drain_s = time.perf_counter() - state["t_done"]
-                break
-            await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise RuntimeError(
-            f"only {state['count']}/{n} jobs ran in {task.get('timeout')} s"
-        ) from None
+        drain_s = await countdown.drain(task.get("timeout", 300), all_completed)
     finally:
         await stop_worker(worker, run)
     completed = (await queue.counts())["completed"]
     await queue.close()
-    e2e_s = state["t_done"] - t_start
-    return {
-        "enqueue_s": enqueue_s,
-        "enqueue_rate": n / enqueue_s,
-        "enqueue_method": f"bulk add_jobs ({BATCH}/call)",
-        "e2e_s": e2e_s,
-        "e2e_rate": n / e2e_s,
-        "handled": state["count"],
-        "drain_s": drain_s,
-        "completed": completed,
-    }
-
-
-async def used_memory(queue) -> int:
-    return int((await queue.redis.info("memory"))["used_memory"])
+    return e2e_result(
+        countdown,
+        t_start,
+        enqueue_s,
+        f"bulk add_jobs ({BATCH}/call)",
+        drain_s=drain_s,
+        completed=completed,
+    )
 
 
 async def schedulers(task: dict) -> dict:
@@ -100,11 +78,11 @@ async def schedulers(task: dict) -> dict:
     specs = [
         SchedulerSpec(id=f"sched-{i}", name="noop", data={"i": i}, every=every) for i in range(n)
     ]
-    before = await used_memory(queue)
+    before = await used_memory(queue.redis)
     t0 = time.perf_counter()
     await queue.upsert_schedulers(specs)
     upsert_s = time.perf_counter() - t0
-    after = await used_memory(queue)
+    after = await used_memory(queue.redis)
     count = (await queue.counts())["schedulers"]
     if count != n + 1:
         raise RuntimeError(f"{count} schedulers, expected {n + 1}")

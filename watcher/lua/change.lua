@@ -14,4 +14,5 @@ local id = redis.call('XADD', changes, 'MAXLEN', ARGV[5], '*', 'resource', ARGV[
 local now = now_ms()
 redis.call('HSET', sk, 'last_change', now)
 redis.call('ZADD', changed, now, ARGV[2])
+redis.call('ZREMRANGEBYRANK', changed, 0, -CHANGED_MAX - 1) -- the newest are what status shows
 return id

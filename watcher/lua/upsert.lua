@@ -4,14 +4,14 @@
 -- stat:fenced). A changed scope resets the state and takes a new epoch, fencing off old runs.
 -- Epochs come from one queue-wide counter, so a scheduler removed and created again never
 -- reuses an epoch that a run still in flight could carry.
--- KEYS: schedulers epochs stat:fenced ids
+-- KEYS: schedulers epochs stat:fenced scheduler_count
 -- ARGV: prefix, then a JSON array with one array of 14 strings per scheduler (one argument
 -- instead of thousands: packing arguments is what costs a client most):
 --   id, name, data, spec, next, slot, scope, owner, overlap, limit, attempts, fence, state,
 --   first (the first fire time when created, "" = next: "run immediately" passes now)
 -- Returns: one word per row: created, updated, unchanged, fenced or missing (a write-back to a
 -- scheduler that no longer exists).
-local schedulers, epochs, fenced, ids = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local schedulers, epochs, fenced, scheduler_count = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local P = ARGV[1]
 local rows = cjson.decode(ARGV[2])
 local now = now_ms()
@@ -30,7 +30,6 @@ for _, row in ipairs(rows) do
   local fence, state, first = row[12], row[13], row[14]
   local key = P .. 'scheduler:' .. id
   local exists = redis.call('EXISTS', key) == 1
-  if fence == '' then redis.call('SADD', ids, id) end -- counted by status without a SCAN
   if fence ~= '' then
     if not exists then
       out[#out + 1] = 'missing'
@@ -64,6 +63,7 @@ for _, row in ipairs(rows) do
       if v ~= K and v ~= DEFAULT[f] then redis.call('HSET', key, f, v) end
     end
     set_next(key, id, nxt, slot)
+    redis.call('INCR', scheduler_count) -- status counts without a SCAN
     out[#out + 1] = 'created'
   else
     local names = {'name', 'data', 'owner', 'overlap', 'limit', 'attempts', 'scope', 'spec'}
