@@ -1,11 +1,11 @@
 """The keeper: keeps a worker's leases alive, says the worker is alive, recovers the jobs of
 workers that died (their leases lapsed), and notices when Redis lost the queue's data.
 
-Lost data: every sync writes the queue's `synced` marker. Once the keeper has seen it (or,
-with `expect_synced`, from the start), the marker missing means Redis came back empty
+Lost data (`SyncWatch`): every sync writes the queue's `synced` marker. Once it was seen
+(or, with `expect_synced`, from the start), the marker missing means Redis came back empty
 (restarted without persistence, or flushed): the schedulers are gone and nothing will run.
-With a `resync` the keeper calls it at once (`watcher run` syncs its YAML again); without
-one it warns, once a minute, until a sync writes the marker again.
+With a `resync` it is called at once (`watcher run` syncs its YAML again); without one a
+warning is said once a minute until a sync writes the marker again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from watcher.jobs import Lease
 from watcher.queue import Queue
 from watcher.repeat import Repeater
 
-__all__ = ["Keeper"]
+__all__ = ["Keeper", "SyncWatch"]
 
 log = logging.getLogger("watcher.worker")
 
@@ -57,14 +57,9 @@ class Keeper:
         self.leases = leases
         self.info = info
         self.repeater = repeater or Repeater()
-        self.resync = resync
-        self.expect_synced = expect_synced
+        self.sync_watch = SyncWatch(queue, resync=resync, expect_synced=expect_synced)
         self.recovered = 0
         self._last_extend = 0.0
-        self._seen_synced = False
-        self._unsynced_since: float | None = None
-        self._last_unsynced_notice = 0.0
-        self._resyncing: asyncio.Task[None] | None = None
 
     @property
     def period(self) -> float:
@@ -87,21 +82,23 @@ class Keeper:
         if recovered:
             self.recovered += recovered
             log.warning("recovered %d job(s) whose lease expired", recovered)
-        await self.watch_sync()
+        await self.sync_watch.look()
         return min(1.0, self.period)
 
     async def extend_leases(self) -> None:
         lost = await self.queue.extend(list(self.leases()), self.lease_ms)
-        if lost.taken:
-            still_held = {lease.job_id for lease in self.leases()}
-            for job_id in lost.taken:
-                if job_id in still_held:  # else it finished meanwhile: not lost
-                    log.warning("job %s: lease lost (it may run again elsewhere)", job_id)
-        if lost.vanished:
+        if not (lost.taken or lost.vanished):
+            return
+        still_held = {lease.job_id for lease in self.leases()}  # else finished meanwhile
+        for job_id in lost.taken:
+            if job_id in still_held:
+                log.warning("job %s: lease lost (it may run again elsewhere)", job_id)
+        vanished = [job_id for job_id in lost.vanished if job_id in still_held]
+        if vanished:
             log.warning(
                 "%d running job(s) no longer exist in Redis (%s): their results will be dropped",
-                len(lost.vanished),
-                ", ".join(lost.vanished[:5]) + (", …" if len(lost.vanished) > 5 else ""),
+                len(vanished),
+                ", ".join(vanished[:5]) + (", …" if len(vanished) > 5 else ""),
             )
 
     async def heartbeat(self) -> None:
@@ -113,13 +110,32 @@ class Keeper:
 
     async def forget(self) -> None:
         """Take this worker off the list of live workers (it is stopping)."""
-        if self._resyncing:
-            self._resyncing.cancel()
+        self.sync_watch.stop()
         await self.queue.forget_worker(self.worker_id)
 
-    # -- lost data ------------------------------------------------------------------------
 
-    async def watch_sync(self) -> None:
+class SyncWatch:
+    """Looks at a queue's sync marker and says (or, with `resync`, mends) its loss."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        resync: Callable[[], Awaitable[None]] | None = None,
+        expect_synced: bool = False,
+    ) -> None:
+        """`resync` syncs the queue again when its data was lost; `expect_synced` warns
+        about a queue that was never synced too."""
+        self.queue = queue
+        self.resync = resync
+        self.expect_synced = expect_synced
+        self._seen_synced = False
+        self._unsynced_since: float | None = None
+        self._last_notice = 0.0
+        self._resyncing: asyncio.Task[None] | None = None
+
+    async def look(self) -> None:
+        """One look at the marker (the keeper takes one every step)."""
         marker = await self.queue.sync_marker()
         if marker is not None:
             if self._unsynced_since is not None:
@@ -139,18 +155,20 @@ class Keeper:
         if first:
             self._unsynced_since = now
         if self.resync is not None:
-            if self._resyncing is None and (
-                first or now - self._last_unsynced_notice >= RESYNC_RETRY
-            ):
-                self._last_unsynced_notice = now
+            if self._resyncing is None and (first or now - self._last_notice >= RESYNC_RETRY):
+                self._last_notice = now
                 log.warning("%s; syncing the configuration again", await self._lost_data())
                 self._resyncing = asyncio.create_task(self._resync(self.resync))
-        elif first or now - self._last_unsynced_notice >= UNSYNCED_WARNING_EVERY:
-            self._last_unsynced_notice = now
+        elif first or now - self._last_notice >= UNSYNCED_WARNING_EVERY:
+            self._last_notice = now
             log.warning(
                 "%s; nothing runs until `watcher sync` (or `watcher run`) syncs it again",
                 await self._lost_data(),
             )
+
+    def stop(self) -> None:
+        if self._resyncing:
+            self._resyncing.cancel()
 
     async def _lost_data(self) -> str:
         key = self.queue.key("synced")
@@ -166,8 +184,6 @@ class Keeper:
         """Run `resync` beside the keeper's steps: a big sync must not hold up the leases."""
         try:
             await resync()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             log.error(
                 "syncing queue %r again failed (%s); retrying in %.0fs",

@@ -1,12 +1,13 @@
 """The worker: runs handlers for the queue's jobs, and ticks the schedulers.
 
 One asyncio worker runs up to `concurrency` jobs at once, in four loops that share one
-`Repeater` (one stop signal; Redis outages ridden out and said once):
+`Repeater` (one stop signal; Redis outages and refused writes ridden out and said once):
   fetch   takes jobs in batches (one script call leases many) and runs their handlers; when
           there are none it blocks on the queue's wake-up marker, so an idle worker does
-          not poll;
+          not poll; while Redis refuses writes it takes none;
   finish  completes finished jobs in batches (`Finisher`), retrying through Redis outages;
-  keep    extends the leases it holds, heartbeats, recovers expired leases (`Keeper`);
+  keep    extends the leases it holds, heartbeats, recovers expired leases, and notices
+          when Redis lost the queue's data (`Keeper`);
   tick    fires due schedulers (`Ticker`).
 The worker only calls `Queue` methods: the queue owns every key and script.
 """
