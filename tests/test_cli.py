@@ -66,7 +66,7 @@ def write_config(path: Path, redis_url: str, queue: str, resources: str) -> Path
 
 
 def resource(id: str, url: str, every: str = "200ms", extra: str = "") -> str:
-    return f"  - id: {id}\n    url: {url}\n    every: {every}\n{extra}"
+    return f"  - id: {id}\n    url: {url}\n    every: {every}\n    min_every: 100ms\n{extra}"
 
 
 def snapshot(redis_url: str, queue: str) -> dict[bytes, bytes]:

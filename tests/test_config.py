@@ -365,6 +365,23 @@ def test_every_must_be_positive(every: str) -> None:
     assert "greater than 0" in message
 
 
+def test_every_has_a_floor_that_min_every_lowers() -> None:
+    message = only_error(f"{RESOURCE_A}    every: 500ms\n")
+    assert message.startswith('watcher.yaml:4:12: resources[0] (id "a").every: ')
+    assert "floor of 1s" in message and "`min_every: 500ms`" in message
+    (own,) = parse(f"{RESOURCE_A}    every: 500ms\n    min_every: 100ms\n").resources
+    assert own.every == 0.5
+    (inherited,) = parse(f"defaults:\n  min_every: 500ms\n{RESOURCE_A}    every: 500ms\n").resources
+    assert inherited.every == 0.5
+    assert "min_every" not in inherited.template()  # a YAML rule: nothing of it is stored
+
+
+def test_jitter_from_defaults_must_fit_each_resource() -> None:
+    message = only_error(f"defaults:\n  jitter: 20s\n{RESOURCE_A}    every: 10s\n")
+    assert message.startswith('watcher.yaml:2:11: resources[0] (id "a").jitter: ')
+    assert "shorter than `every` (10s) (set in defaults)" in message
+
+
 def test_every_and_cron_together() -> None:
     message = only_error(
         "resources:\n  - id: a\n    url: https://a.example/\n    every: 5m\n    cron: '0 9 * * *'\n"

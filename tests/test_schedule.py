@@ -72,11 +72,21 @@ def test_encode_round_trip_and_equality() -> None:
         {"every": 5, "jitter": 5},
         {"every": 5, "jitter": -1},
         {"every": 5, "start": 10, "end": 5},
+        {"every": 99999999999 * 86400.0},  # overflowed the date arithmetic
+        {"cron": "0 0 30 2 *"},  # never fires
+        {"cron": "*/5 * * * *", "jitter": 300},  # as long as the time between runs
     ],
 )
 def test_invalid(kwargs: dict) -> None:
     with pytest.raises(ScheduleError):
         Schedule.build(**kwargs)
+
+
+def test_limits_of_what_works() -> None:
+    assert Schedule.build(every=365 * 86400.0).next_slot("a", NOW) is not None
+    assert Schedule.build(every=0.05).every_ms == 50  # the 1 s floor is the YAML's, not the queue's
+    assert Schedule.build(cron="0 0 29 2 *").next_slot("a", NOW) is not None  # leap years
+    assert Schedule.build(cron="*/5 * * * *", jitter=299).jitter_ms == 299_000
 
 
 def test_format_duration() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from watcher import masking
+from watcher import masking, secrets
 
 if TYPE_CHECKING:
     from watcher.fetch import Fetched
@@ -55,13 +56,26 @@ class Resource:
     secret_headers: frozenset[str] = frozenset()
 
     @classmethod
-    def from_template(cls, data: Mapping[str, Any]) -> Resource:
-        """From a scheduler's template data (what `watcher sync` stores)."""
+    def from_template(
+        cls, data: Mapping[str, Any], env: Mapping[str, str] | None = None
+    ) -> Resource:
+        """From a scheduler's template data (what `watcher sync` stores). The ``${VAR}``
+        references kept there for secrets (``from_env``) are expanded from `env`, this
+        process's environment by default; CheckFailed names a variable that is not set."""
+        try:
+            url, headers = secrets.expand_stored(
+                data["url"],
+                data.get("headers") or {},
+                data.get(secrets.FROM_ENV) or (),
+                os.environ if env is None else env,
+            )
+        except secrets.SecretUnavailable as exc:
+            raise CheckFailed(f"resource {data['id']}: {exc}") from None
         return cls(
             id=data["id"],
-            url=data["url"],
+            url=url,
             method=data.get("method", "GET"),
-            headers=dict(data.get("headers") or {}),
+            headers=headers,
             timeout=float(data.get("timeout", 10.0)),
             options=dict(data.get("options") or {}),
             secret_headers=frozenset(data.get("secret_headers") or ()),

@@ -11,10 +11,11 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import AuthenticationError
 from rich.console import Console
@@ -76,9 +77,7 @@ def read_config(path: str) -> Config:
     return config
 
 
-def configured_redis(
-    args: argparse.Namespace, config: QueueSettings | Config | None
-) -> str | None:
+def configured_redis(args: argparse.Namespace, config: QueueSettings | Config | None) -> str | None:
     return args.redis or os.environ.get("WATCHER_REDIS_URL") or (config.redis if config else None)
 
 
@@ -290,12 +289,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
         async def sync_again() -> None:
             """Redis lost the queue's data: sync the YAML again (the keeper calls this)."""
             try:
-                current = await asyncio.to_thread(read_config, args.config)
+                current = await off_the_loop(lambda: read_config(args.config))
             except (ConfigError, OSError):
-                log.error("%s is unreadable now; syncing the one read at start", args.config)
+                log.error("%s cannot be loaded now; syncing the one read at start", args.config)
                 current = config
             await do_sync(queue, current, dry_run=False, quiet=True)
-            log.warning("synced %s again", current.source)
 
         runners: list[CheckRunner] = []
         reload = asyncio.create_task(watch_config(args, queue, runners))
@@ -319,6 +317,37 @@ def notifier_definitions(config: Config | None) -> dict[str, NotifierConfig]:
     return dict(config.notifiers) if config else {}
 
 
+_T = TypeVar("_T")
+
+
+async def off_the_loop(work: Callable[[], _T]) -> _T:
+    """`work()` in a daemon thread, so that the checks go on meanwhile. Not
+    `asyncio.to_thread`: its pool is joined at exit, so a SIGTERM would wait for the work."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def succeed(result: _T) -> None:
+        if not done.done():
+            done.set_result(result)
+
+    def fail(error: Exception) -> None:
+        if not done.done():
+            done.set_exception(error)
+
+    def run() -> None:
+        try:
+            result = work()
+        except Exception as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(fail, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(succeed, result)
+
+    threading.Thread(target=run, name="watcher-reload", daemon=True).start()
+    return await done
+
+
 async def watch_config(args: argparse.Namespace, queue: Queue, runners: list[CheckRunner]) -> None:
     """Re-sync when the YAML changes; a bad edit is reported and the running config kept."""
     path = Path(args.config)
@@ -333,7 +362,7 @@ async def watch_config(args: argparse.Namespace, queue: Queue, runners: list[Che
             continue
         seen = mtime
         try:
-            fresh = read_config(args.config)
+            fresh = await off_the_loop(lambda: read_config(args.config))
         except ConfigError as exc:
             log.error(
                 "%s changed but is invalid; keeping the running configuration:\n%s",
@@ -507,7 +536,7 @@ def parser() -> argparse.ArgumentParser:
             "--no-wait",
             action="store_true",
             help="exit 1 at once if the configured Redis is not up (default: wait for it, "
-            "retrying with backoff; the embedded Redis is started instead)",
+            "retrying with backoff)",
         )
     run.add_argument("-q", "--quiet", action="store_true", help="log changes and failures only")
     sync = add("sync", "reconcile the YAML into schedulers and print the plan", cmd_sync)

@@ -459,7 +459,7 @@ class ResourceConfig(_Model):
         """A short hash of what the stored state depends on: url, method, check, the request
         headers and the check's options (a new regex or Accept makes old validators moot).
         Secrets count as stored, as references: a rotated token keeps the state."""
-        stored = self.template()
+        stored = secrets.with_references({"url": self.url, "headers": self.headers}, self._from_env)
         payload = json.dumps(
             [stored["url"], self.method, self.check, stored["headers"], self.options],
             separators=(",", ":"),
