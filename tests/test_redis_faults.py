@@ -118,7 +118,7 @@ async def test_run_syncs_again_when_redis_comes_back_empty(
 ) -> None:
     server = RedisServer().start()  # no persistence: a restart loses everything
     write_config(tmp_path / "watcher.yaml", server.url, queue_name, origin)
-    run = Watcher("run", cwd=tmp_path)
+    run = Watcher("run", "--processes", "1", cwd=tmp_path)
     try:
         await wait_for(lambda: requests_since(origin, 0) >= 3, 20, what="first checks")
         restart_empty(server)
@@ -153,7 +153,7 @@ async def test_worker_warns_until_a_sync_after_redis_comes_back_empty(
     server = RedisServer().start()
     write_config(tmp_path / "watcher.yaml", server.url, queue_name, origin)
     sync(tmp_path)
-    worker = Watcher("worker", cwd=tmp_path)
+    worker = Watcher("worker", "--processes", "1", cwd=tmp_path)
     try:
         await wait_for(lambda: requests_since(origin, 0) >= 3, 20, what="first checks")
         restart_empty(server)
@@ -284,7 +284,7 @@ async def test_out_of_memory_is_one_episode_with_no_traceback_and_work_resumes(
     server.start()
     client = redis.Redis.from_url(server.url, decode_responses=True)
     write_config(tmp_path / "watcher.yaml", server.url, queue_name, origin)
-    run = Watcher("run", cwd=tmp_path)
+    run = Watcher("run", "--processes", "1", cwd=tmp_path)
     try:
         await wait_for(lambda: requests_since(origin, 0) >= 6, 20, what="first checks")
         fill_memory(client)
@@ -376,7 +376,7 @@ async def test_worker_started_before_its_redis_waits_then_runs_checks(
     server = RedisServer(port=port, extra_args=["--requirepass", "s3cret"])
     url = f"redis://:s3cret@127.0.0.1:{port}/0"
     write_config(tmp_path / "watcher.yaml", url, queue_name, origin)
-    worker = Watcher("worker", cwd=tmp_path)
+    worker = Watcher("worker", "--processes", "1", cwd=tmp_path)
     try:
         await wait_for(lambda: worker.saying("waiting for Redis"), 15, what="the waiting line")
         await asyncio.sleep(5)
@@ -414,7 +414,7 @@ def test_run_waits_for_an_external_redis_and_sigterm_ends_the_wait(tmp_path: Pat
         f"redis: redis://127.0.0.1:{free_port()}/0\n"
         "resources:\n  - id: r\n    url: http://127.0.0.1:9/\n"
     )
-    run = Watcher("run", cwd=tmp_path)
+    run = Watcher("run", "--processes", "1", cwd=tmp_path)
     deadline = time.monotonic() + 15
     while not run.saying("waiting for Redis") and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from watcher.jobs import JobInfo, JobState
 from watcher.queue import Queue
@@ -13,6 +17,8 @@ from watcher.supervisor import Supervisor, WorkerProcess
 
 from .helpers import wait_for
 from .origin import Origin
+
+WATCHER = str(Path(sys.executable).parent / "watcher")
 
 
 async def _active_job(queue: Queue, id: str) -> JobInfo | None:
@@ -76,3 +82,44 @@ async def test_stopping_the_supervisor_stops_every_child_within_the_grace_period
 
 async def _workers_alive(queue: Queue, n: int) -> bool:
     return len(await queue.workers()) >= n
+
+
+async def test_watcher_worker_with_processes_stops_every_child_on_sigterm(
+    redis_url: str, queue: Queue, tmp_path: Path
+) -> None:
+    """The console script as a user runs it: one supervisor, two worker processes."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+    command = [WATCHER, "worker", "--processes", "2", "--redis", redis_url, "--queue", queue.name]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**environment, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        await wait_for(lambda: _workers_alive(queue, 2), 30, what="two worker processes")
+        children = [int(pid) for pid in _children_of(process.pid)]
+        assert len(children) == 2
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, out
+    assert time.monotonic() - started < 10.0 + 5.0  # the workers' grace period, and some
+    assert "2 processes of 50 concurrent checks each" in out
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], out
+    assert await queue.workers() == []  # each child took itself off the list
+
+
+def _children_of(pid: int) -> list[str]:
+    """The worker processes `pid` spawned (not multiprocessing's resource tracker)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [
+        child
+        for child in found.stdout.split()
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]

@@ -10,6 +10,7 @@ would. Importing it does no I/O.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import logging
 import math
@@ -18,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -86,8 +88,33 @@ class Resource:
         return masking.is_secret(header, self.secret_headers)
 
     def redact(self, text: str) -> str:
-        """`text` with this resource's secret header values masked (for anything shown)."""
-        return masking.redact(text, self.headers, self.secret_headers)
+        """`text` with this resource's secret header values and URL credentials masked,
+        and any URL's password (for anything shown)."""
+        return masking.redact(text, self.headers, self.secret_headers, self._url_secrets)
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as logs, history, notifications and status show it: password masked."""
+        return masking.mask_urls(self.url)
+
+    @cached_property
+    def url_authorization(self) -> str | None:
+        """The ``Authorization`` value (Basic) for the user info in the URL, or None. The safe
+        fetch sends it as a header, so a redirect to another origin drops it."""
+        user_info = _user_info(self.url)
+        if user_info is None:
+            return None
+        return "Basic " + base64.b64encode(":".join(user_info).encode()).decode("ascii")
+
+    @cached_property
+    def _url_secrets(self) -> tuple[str, ...]:
+        user_info = _user_info(self.url)
+        if user_info is None or self.url_authorization is None:
+            return ()
+        user, password = user_info
+        basic = self.url_authorization
+        # A user info without a password is usually a token.
+        return (basic, basic.removeprefix("Basic "), password or user)
 
 
 class SchedulerUpsert(Protocol):
@@ -202,3 +229,12 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - time.time())
+
+
+def _user_info(url: str) -> tuple[str, str] | None:
+    """The (user, password) of `url`, percent-decoded, or None when it has no user info."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+    return (parsed.username, parsed.password) if parsed.userinfo else None

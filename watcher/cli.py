@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,9 +26,11 @@ from rich.text import Text
 from watcher import __version__
 from watcher.backoff import backoff
 from watcher.connection import QueueSettings, read_queue_settings
+from watcher.keeper import SyncWatch
 from watcher.queue import UNAVAILABLE, Queue
 from watcher.redis_server import RedisServer, RedisServerError
 from watcher.registry import PluginError, load_check
+from watcher.supervisor import Supervisor, WorkerProcess
 from watcher.yaml_source import ConfigError
 
 if TYPE_CHECKING:  # the read commands (status, history) start faster without them
@@ -283,7 +285,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         await do_sync(queue, config, dry_run=False)
         console.print(
             f"watching {len(config.resources)} resource(s) from {config.source} "
-            f"with {args.concurrency} concurrent checks; Ctrl-C stops"
+            f"with {_workers(args)}; Ctrl-C stops"
         )
 
         async def sync_again() -> None:
@@ -295,22 +297,85 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 current = config
             await do_sync(queue, current, dry_run=False, quiet=True)
 
-        runners: list[CheckRunner] = []
-        reload = asyncio.create_task(watch_config(args, queue, runners))
-        try:
-            await serve(
-                queue,
-                notifiers=notifier_definitions(config),
-                concurrency=args.concurrency,
-                transport=args.transport,
-                install_signal_handlers=True,
-                started=runners.append,
-                worker={"resync": sync_again},
-            )
-        finally:
-            reload.cancel()
+        if args.processes > 1:
+            supervisor = Supervisor(worker_process(args, queue, config), args.processes)
+
+            async def restart_workers(fresh: Config) -> None:
+                if notifier_definitions(fresh) != supervisor.options.notifiers:
+                    log.info("notifiers changed; restarting the worker processes one by one")
+                    await supervisor.restart_all(worker_process(args, queue, fresh))
+
+            reload = asyncio.create_task(watch_config(args, queue, restart_workers))
+            try:
+                await supervise(supervisor, SyncWatch(queue, resync=sync_again))
+            finally:
+                reload.cancel()
+        else:
+            runners: list[CheckRunner] = []
+
+            async def swap_notifiers(fresh: Config) -> None:
+                for runner in runners:
+                    runner.use_notifiers(notifier_definitions(fresh))
+
+            reload = asyncio.create_task(watch_config(args, queue, swap_notifiers))
+            try:
+                await serve(
+                    queue,
+                    notifiers=notifier_definitions(config),
+                    concurrency=args.concurrency,
+                    transport=args.transport,
+                    install_signal_handlers=True,
+                    started=runners.append,
+                    worker={"resync": sync_again},
+                )
+            finally:
+                reload.cancel()
     console.print("stopped")
     return EXIT_OK
+
+
+def _workers(args: argparse.Namespace) -> str:
+    checks = f"{args.concurrency} concurrent checks"
+    return checks if args.processes == 1 else f"{args.processes} processes of {checks} each"
+
+
+def worker_process(args: argparse.Namespace, queue: Queue, config: Config | None) -> WorkerProcess:
+    """What each worker process of a supervisor runs (it reads no YAML)."""
+    assert queue.url is not None, "the queue was opened from a URL"
+    return WorkerProcess(
+        redis_url=queue.url,
+        queue=queue.name,
+        changes_max=queue.changes_max,
+        notifiers=notifier_definitions(config),
+        concurrency=args.concurrency,
+        transport=args.transport,
+        quiet=getattr(args, "quiet", False),
+        debug=args.debug,
+        worker={"watch_sync": False},  # the supervisor watches the sync marker for them all
+    )
+
+
+async def supervise(supervisor: Supervisor, watch: SyncWatch) -> None:
+    """Run the supervisor's worker processes until SIGTERM/SIGINT; meanwhile watch the
+    queue's sync marker once for all of them."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, supervisor.stop)
+
+    async def look_every_second() -> None:
+        while True:
+            with contextlib.suppress(*UNAVAILABLE):  # the workers say the outage
+                await watch.look()
+            await asyncio.sleep(1.0)
+
+    watching = asyncio.create_task(look_every_second())
+    try:
+        await supervisor.run()
+    finally:
+        watching.cancel()
+        watch.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def notifier_definitions(config: Config | None) -> dict[str, NotifierConfig]:
@@ -348,8 +413,11 @@ async def off_the_loop(work: Callable[[], _T]) -> _T:
     return await done
 
 
-async def watch_config(args: argparse.Namespace, queue: Queue, runners: list[CheckRunner]) -> None:
-    """Re-sync when the YAML changes; a bad edit is reported and the running config kept."""
+async def watch_config(
+    args: argparse.Namespace, queue: Queue, reloaded: Callable[[Config], Awaitable[None]]
+) -> None:
+    """Re-sync when the YAML changes, then hand the new config to `reloaded` (notifiers);
+    a bad edit is reported and the running config kept."""
     path = Path(args.config)
     seen = path.stat().st_mtime_ns
     while True:
@@ -373,8 +441,7 @@ async def watch_config(args: argparse.Namespace, queue: Queue, runners: list[Che
         log.info("%s changed; syncing", args.config)
         try:
             await do_sync(queue, fresh, dry_run=False, quiet=True)
-            for runner in runners:
-                runner.use_notifiers(notifier_definitions(fresh))
+            await reloaded(fresh)
         except Exception as exc:  # Redis away, say: the next edit (or restart) tries again
             log.error("syncing %s failed: %s", args.config, exc)
 
@@ -391,7 +458,11 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     if not await wait_for_redis(args, config):
         return EXIT_OK
     async with open_queue(args, config) as queue:
-        console.print(f"worker on queue {queue.name!r}, {args.concurrency} concurrent checks")
+        console.print(f"worker on queue {queue.name!r}, {_workers(args)}")
+        if args.processes > 1:
+            supervisor = Supervisor(worker_process(args, queue, config), args.processes)
+            await supervise(supervisor, SyncWatch(queue, expect_synced=True))
+            return EXIT_OK
         await serve(
             queue,
             notifiers=notifier_definitions(config),
@@ -525,7 +596,15 @@ def parser() -> argparse.ArgumentParser:
     run = add("run", "sync the YAML, then run workers until stopped (the main job)", cmd_run)
     worker = add("worker", "run workers only, against a shared Redis (scale out)", cmd_worker)
     for cmd in (run, worker):
-        cmd.add_argument("--concurrency", type=int, default=50, help="checks at once (default: 50)")
+        cmd.add_argument(
+            "--concurrency", type=int, default=50, help="checks at once per process (default: 50)"
+        )
+        cmd.add_argument(
+            "--processes",
+            type=_positive,
+            default=os.cpu_count() or 1,
+            help="worker processes (default: the number of CPUs, %(default)s here)",
+        )
         cmd.add_argument(
             "--transport",
             choices=["aiohttp", "httpx"],
@@ -598,6 +677,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             Text(f"error: {type(exc).__name__}: {exc} (run with --debug for details)", style="red")
         )
         return EXIT_FAILURE
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 if __name__ == "__main__":

@@ -5,23 +5,40 @@
   a credential such as ``X-Api-Key``, and the resource's ``secret_headers``) are never sent
   on to another origin.
 - Bodies are read with a cap, ``options["max_bytes"]`` (10 MiB); a truncated body fails.
+- Credentials in the URL's user info are sent as a Basic ``Authorization`` header (unless
+  the resource sets one), a secret header like the others; the URL goes without them.
 - Failures raise the check API's errors: `TransientCheckError` for what is worth retrying
-  (transport errors, timeouts, 5xx, 429 with its ``Retry-After``), `CheckFailed` otherwise.
+  (transport errors, timeouts, 5xx, 429 with its ``Retry-After``), `CheckFailed` otherwise,
+  such as "invalid response: ..." for an answer that breaks HTTP (a header block too large,
+  too many headers, a bad chunk size, a status outside 100-599).
+- `run_check` runs a whole check within the resource's ``timeout`` (httpx's own timeouts
+  are per read: a server sending a byte a second never trips them).
 
 Use it through the context (``ctx.fetch()``, ``ctx.stream()``, ``ctx.read_body()``) or
-call these functions with the context. Imports only the check API and httpx.
+call these functions with the context. Imports only the check API, httpx and the shared
+client's `InvalidResponse`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
 
-from watcher.check import CheckContext, CheckFailed, TransientCheckError, parse_retry_after
+from watcher.check import (
+    Check,
+    CheckContext,
+    CheckFailed,
+    CheckResult,
+    TransientCheckError,
+    parse_retry_after,
+)
+from watcher.http import InvalidResponse
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -32,6 +49,7 @@ __all__ = [
     "header",
     "read_body",
     "require_success",
+    "run_check",
     "stream",
     "transport_error",
 ]
@@ -92,11 +110,15 @@ async def stream(
     max_redirects = int(resource.options.get("max_redirects", DEFAULT_MAX_REDIRECTS))
     method = resource.method.upper()
     sent = {**resource.headers, **(headers or {})}
-    url = httpx.URL(resource.url)
+    authorization = resource.url_authorization
+    if authorization and not any(name.lower() == "authorization" for name in sent):
+        sent["Authorization"] = authorization
+    url = _without_user_info(_parse(resource.url))
     hops = [url]
     while True:
         response = await _send(ctx.client, method, url, sent, resource.timeout)
         try:
+            _require_http_status(response)
             target = _redirect_target(response) if follow else None
             if target is None:
                 yield response
@@ -113,6 +135,25 @@ async def stream(
             sent = {name: value for name, value in sent.items() if not resource.is_secret(name)}
         hops.append(target)
         url = target
+
+
+async def run_check(check: Check, ctx: CheckContext) -> CheckResult:
+    """Run `check` within its resource's ``timeout`` as a whole (connect, headers, redirects,
+    body): past it, a `TransientCheckError` "timed out after 5s". HTTP errors the check lets
+    through become the check errors the safe fetch raises."""
+    limit = ctx.resource.timeout
+    try:
+        async with asyncio.timeout(limit) as deadline:
+            return await check(ctx)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise TransientCheckError(f"timed out after {limit:g}s") from None
+    except httpx.HTTPError as exc:
+        if isinstance(exc, httpx.RequestError):
+            with contextlib.suppress(RuntimeError):  # no request attached
+                raise transport_error(exc, exc.request.url) from exc
+        raise transport_error(exc, ctx.resource.shown_url) from exc
 
 
 async def read_body(ctx: CheckContext, response: httpx.Response) -> bytes:
@@ -139,6 +180,8 @@ async def read_body(ctx: CheckContext, response: httpx.Response) -> bytes:
                     status_code=status,
                 )
             chunks.append(chunk)
+    except InvalidResponse as exc:
+        raise CheckFailed(f"invalid response: {_text(exc)}", status_code=status) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
         raise CheckFailed(f"truncated body: {_text(exc)}", status_code=status) from exc
     except httpx.DecodingError as exc:
@@ -157,6 +200,7 @@ async def read_body(ctx: CheckContext, response: httpx.Response) -> bytes:
 
 def require_success(response: httpx.Response) -> None:
     """Raise the check error for anything but a 2xx: transient for 429 and 5xx."""
+    _require_http_status(response)
     status = response.status_code
     label = f"{status} {response.reason_phrase}".strip()
     if status == 429 or status >= 500:
@@ -170,6 +214,8 @@ def require_success(response: httpx.Response) -> None:
 
 def transport_error(exc: httpx.HTTPError, url: httpx.URL | str) -> CheckFailed:
     """The check error for a failed exchange: transient unless retrying cannot help."""
+    if isinstance(exc, InvalidResponse):
+        return CheckFailed(f"invalid response: {_text(exc)}")
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         return CheckFailed(f"invalid request to {url}: {_text(exc)}")
     # httpx-aiohttp reports a refused connection as ConnectTimeout: say "cannot connect".
@@ -211,6 +257,29 @@ async def _send(
         raise transport_error(exc, url) from exc
 
 
+def _require_http_status(response: httpx.Response) -> None:
+    """A status outside 100-599 is no HTTP status: not a 5xx to retry, an invalid answer."""
+    status = response.status_code
+    if not 100 <= status <= 599:
+        raise CheckFailed(
+            f"invalid response: status {status} is not an HTTP status (100-599)",
+            status_code=status,
+        )
+
+
+def _parse(url: str) -> httpx.URL:
+    try:
+        return httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise CheckFailed(f"invalid URL {url}: {_text(exc)}") from None
+
+
+def _without_user_info(url: httpx.URL) -> httpx.URL:
+    """`url` without credentials: the resource's own go as a header; a redirect's are
+    not sent (a server does not get to choose what is sent on)."""
+    return url.copy_with(username=None, password=None) if url.userinfo else url
+
+
 def _redirect_target(response: httpx.Response) -> httpx.URL | None:
     if response.status_code not in REDIRECT_STATUSES:
         return None
@@ -221,7 +290,7 @@ def _redirect_target(response: httpx.Response) -> httpx.URL | None:
             status_code=response.status_code,
         )
     try:
-        return response.url.join(location)
+        return _without_user_info(response.url.join(location))
     except httpx.InvalidURL as exc:
         raise CheckFailed(f"invalid redirect Location {location!r}: {exc}") from exc
 

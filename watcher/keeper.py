@@ -45,10 +45,12 @@ class Keeper:
         repeater: Repeater | None = None,
         resync: Callable[[], Awaitable[None]] | None = None,
         expect_synced: bool = False,
+        watch_sync: bool = True,
     ) -> None:
         """`leases()` says which leases the worker holds now; `info()` what its heartbeat
         tells status. `resync` syncs the queue again when its data was lost;
-        `expect_synced` warns about a queue that was never synced too."""
+        `expect_synced` warns about a queue that was never synced too; `watch_sync=False`
+        leaves the marker to someone else (a supervisor watches it for its children)."""
         self.queue = queue
         self.worker_id = worker_id
         self.lease_ms = lease_ms
@@ -57,7 +59,9 @@ class Keeper:
         self.leases = leases
         self.info = info
         self.repeater = repeater or Repeater()
-        self.sync_watch = SyncWatch(queue, resync=resync, expect_synced=expect_synced)
+        self.sync_watch = (
+            SyncWatch(queue, resync=resync, expect_synced=expect_synced) if watch_sync else None
+        )
         self.recovered = 0
         self._last_extend = 0.0
 
@@ -82,7 +86,8 @@ class Keeper:
         if recovered:
             self.recovered += recovered
             log.warning("recovered %d job(s) whose lease expired", recovered)
-        await self.sync_watch.look()
+        if self.sync_watch:
+            await self.sync_watch.look()
         return min(1.0, self.period)
 
     async def extend_leases(self) -> None:
@@ -110,7 +115,8 @@ class Keeper:
 
     async def forget(self) -> None:
         """Take this worker off the list of live workers (it is stopping)."""
-        self.sync_watch.stop()
+        if self.sync_watch:
+            self.sync_watch.stop()
         await self.queue.forget_worker(self.worker_id)
 
 

@@ -9,6 +9,9 @@ ALWAYS_SECRET = frozenset({"authorization", "proxy-authorization", "cookie", "se
 # Names that say they carry a credential: X-Api-Key, X-Auth-Token, X-Hub-Signature, ...
 SECRET_NAME = re.compile(r"auth|token|secret|key|signature|password|session", re.IGNORECASE)
 MASK = "***"
+# A URL's user info anywhere in a text: "scheme://" then everything up to the last "@" before
+# the authority ends.
+URL_USER_INFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/?#\s]*)@")
 
 
 def is_secret(name: str, extra: Iterable[str] = ()) -> bool:
@@ -40,8 +43,23 @@ def secret_values(headers: Mapping[str, str], extra: Iterable[str] = ()) -> list
     return sorted(found, key=len, reverse=True)  # longest first: the whole value wins
 
 
-def redact(text: str, headers: Mapping[str, str], extra: Iterable[str] = ()) -> str:
-    """`text` with every secret header value in it replaced by ``***``."""
-    for value in secret_values(headers, extra):
+def redact(
+    text: str, headers: Mapping[str, str], extra: Iterable[str] = (), values: Iterable[str] = ()
+) -> str:
+    """`text` with every secret header value in it, and each of `values` (4 characters or
+    more), replaced by ``***``, and the user info of any URL in it masked (`mask_urls`)."""
+    found = {*secret_values(headers, extra), *(value for value in values if len(value) >= 4)}
+    for value in sorted(found, key=len, reverse=True):
         text = text.replace(value, MASK)
-    return text
+    return mask_urls(text)
+
+
+def mask_urls(text: str) -> str:
+    """`text` with the password of every URL's user info masked (``https://bot:***@host/``);
+    a user info without a password is often a token, so it is masked whole."""
+    return URL_USER_INFO.sub(_masked_user_info, text)
+
+
+def _masked_user_info(match: re.Match[str]) -> str:
+    user, colon, _ = match.group(2).partition(":")
+    return f"{match.group(1)}{user}:{MASK}@" if colon else f"{match.group(1)}{MASK}@"

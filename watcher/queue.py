@@ -363,6 +363,8 @@ class Queue:
             raise QueueError(f"invalid queue name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
         self.redis = redis
         self.name = name
+        self.url: str | None = None
+        """The URL it was opened with (`from_url`, `connect`), for other processes."""
         self.prefix = f"watcher:{{{name}}}:"
         self.changes_max = changes_max
         self._scripts = load_scripts(redis, self.prefix, SCRIPTS)
@@ -376,7 +378,9 @@ class Queue:
         client = client_class.from_url(
             url, decode_responses=True, health_check_interval=0, socket_keepalive=True
         )
-        return cls(client, name, **kwargs)
+        queue = cls(client, name, **kwargs)
+        queue.url = url
+        return queue
 
     @classmethod
     async def connect(

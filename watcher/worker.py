@@ -175,9 +175,11 @@ class Worker:
         metrics: Callable[[], Mapping[str, Any]] | None = None,
         resync: Callable[[], Awaitable[None]] | None = None,
         expect_synced: bool = False,
+        watch_sync: bool = True,
     ) -> None:
         """`resync` syncs the queue again when Redis lost its data, and `expect_synced`
-        warns about a queue that was never synced too (see watcher/keeper.py)."""
+        warns about a queue that was never synced too; `watch_sync=False` leaves that to
+        a supervisor (see watcher/keeper.py)."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.queue = queue
@@ -214,6 +216,7 @@ class Worker:
             repeater=self.repeater,
             resync=resync,
             expect_synced=expect_synced,
+            watch_sync=watch_sync,
         )
         self._held: dict[str, Job] = {}  # leased and not yet finished in Redis
         self._running: set[asyncio.Task[None]] = set()
