@@ -128,6 +128,8 @@ class Job:
     max_attempts: int
     fence: Fence | None
     queue: Queue = field(repr=False)
+    taken_ms: int | None = None
+    """When this attempt was taken (Redis time, ms): with `scheduled_at`, its start lag."""
 
     @property
     def lease(self) -> Lease:

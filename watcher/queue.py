@@ -641,9 +641,10 @@ class Queue:
         """Lease up to `count` jobs for `worker`: a scheduler's run gets the scheduler's
         latest data and state, and the fence of its write-back."""
         reply = await self._call("take", [count, lease_ms, worker, token_prefix])
+        taken_at = int(reply[0])
         jobs = []
         for jid, token, name, data, state, sched, at, att, mx, seq, epoch in _rows(
-            reply, FIELDS_PER_TAKEN_JOB
+            reply[1:], FIELDS_PER_TAKEN_JOB
         ):
             jobs.append(
                 Job(
@@ -658,6 +659,7 @@ class Queue:
                     max_attempts=int(mx),
                     fence=Fence(int(seq), int(epoch)) if sched else None,
                     queue=self,
+                    taken_ms=taken_at,
                 )
             )
         return jobs

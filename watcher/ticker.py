@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from watcher.queue import Fire, Queue
 from watcher.repeat import Repeater
+from watcher.tally import Tally
 
 __all__ = ["Ticker"]
 
@@ -19,10 +20,18 @@ MIN_TICK = 0.01
 
 
 class Ticker:
-    def __init__(self, queue: Queue, repeater: Repeater | None = None, *, batch: int = 500):
+    def __init__(
+        self,
+        queue: Queue,
+        repeater: Repeater | None = None,
+        *,
+        batch: int = 500,
+        tally: Tally | None = None,
+    ):
         self.queue = queue
         self.repeater = repeater or Repeater()
         self.batch = batch
+        self.tally = tally or Tally()
         self.fired = 0
         self.skipped = 0
 
@@ -49,6 +58,7 @@ class Ticker:
         fired, skipped = await self.queue.fire(fires)
         self.fired += fired
         self.skipped += skipped
+        self.tally.skipped += skipped
         if len(fires) >= self.batch:
             return 0.0  # more are due
         return min(IDLE_TICK, max(MIN_TICK, (soonest - now) / 1000))

@@ -31,6 +31,7 @@ from watcher.jobs import FinishCode, Finished, Job, Lease
 from watcher.keeper import Keeper
 from watcher.queue import UNAVAILABLE, Queue, QueueError, dump_json, refusal
 from watcher.repeat import Repeater
+from watcher.tally import Tally
 from watcher.ticker import Ticker
 
 __all__ = ["Fail", "Finisher", "Handler", "Handlers", "Job", "Outcome", "Retry", "Worker"]
@@ -176,6 +177,7 @@ class Worker:
         resync: Callable[[], Awaitable[None]] | None = None,
         expect_synced: bool = False,
         watch_sync: bool = True,
+        tally: Tally | None = None,
     ) -> None:
         """`resync` syncs the queue again when Redis lost its data, and `expect_synced`
         warns about a queue that was never synced too; `watch_sync=False` leaves that to
@@ -195,7 +197,9 @@ class Worker:
         self.failed = 0
         self.fenced = 0
         self.repeater = Repeater()
-        self.ticker = Ticker(queue, self.repeater) if tick else None
+        self.tally = tally or Tally()
+        """Start lags and skipped ticks here; the check runner adds the runs' outcomes."""
+        self.ticker = Ticker(queue, self.repeater, tally=self.tally) if tick else None
         keep_ms = round(keep_finished * 1000)
         self.finisher = Finisher(
             queue,
@@ -296,6 +300,8 @@ class Worker:
         if not jobs:
             await self._wait_for_work()
         for job in jobs:
+            if job.attempt == 1 and job.scheduled_at is not None and job.taken_ms is not None:
+                self.tally.record_lag(max(0, job.taken_ms - job.scheduled_at))
             self._held[job.id] = job
             task = asyncio.create_task(self._run(job))
             self._running.add(task)

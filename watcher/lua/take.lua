@@ -4,7 +4,7 @@
 -- fence its write-back.
 -- KEYS: delayed wait active marker
 -- ARGV: prefix, n, lease ms, worker id, token prefix.
--- Returns: 11 fields per job: id, token, name, data, state, scheduler, at, attempt, max, seq,
+-- Returns: the server time (ms) the jobs were taken, then 11 fields per job: id, token, name, data, state, scheduler, at, attempt, max, seq,
 -- epoch (scheduler, at, seq and epoch are "" for a one-off job).
 local delayed, wait, active, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local P, n, lease, worker, tp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -16,8 +16,8 @@ for _, jid in ipairs(due) do
   redis.call('HSET', P .. 'job:' .. jid, 'st', WAIT)
 end
 local ids = redis.call('LPOP', wait, n)
-if not ids then return {} end
-local out = {}
+if not ids then return {now} end
+local out = {now}
 for i, jid in ipairs(ids) do
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max')
