@@ -130,6 +130,8 @@ class Job:
     queue: Queue = field(repr=False)
     taken_ms: int | None = None
     """When this attempt was taken (Redis time, ms): with `scheduled_at`, its start lag."""
+    failures: int = 0
+    """The scheduler's failed runs in a row before this one (a success after them is news)."""
 
     @property
     def lease(self) -> Lease:

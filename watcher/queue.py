@@ -96,7 +96,7 @@ QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 KEEP = "~"  # "not given" in script arguments
 UPSERT_CHUNK = 1000
 READ_CHUNK = 2000  # schedulers read per script call: about a millisecond of Redis time
-FIELDS_PER_TAKEN_JOB = 11  # take.lua's reply
+FIELDS_PER_TAKEN_JOB = 12  # take.lua's reply
 FIELDS_PER_DUE = 4  # due.lua's reply
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -643,7 +643,7 @@ class Queue:
         reply = await self._call("take", [count, lease_ms, worker, token_prefix])
         taken_at = int(reply[0])
         jobs = []
-        for jid, token, name, data, state, sched, at, att, mx, seq, epoch in _rows(
+        for jid, token, name, data, state, sched, at, att, mx, seq, epoch, fails in _rows(
             reply[1:], FIELDS_PER_TAKEN_JOB
         ):
             jobs.append(
@@ -660,6 +660,7 @@ class Queue:
                     fence=Fence(int(seq), int(epoch)) if sched else None,
                     queue=self,
                     taken_ms=taken_at,
+                    failures=int(fails or 0),
                 )
             )
         return jobs

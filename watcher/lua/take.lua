@@ -4,8 +4,9 @@
 -- fence its write-back.
 -- KEYS: delayed wait active marker
 -- ARGV: prefix, n, lease ms, worker id, token prefix.
--- Returns: the server time (ms) the jobs were taken, then 11 fields per job: id, token, name, data, state, scheduler, at, attempt, max, seq,
--- epoch (scheduler, at, seq and epoch are "" for a one-off job).
+-- Returns: the server time (ms) the jobs were taken, then 12 fields per job: id, token, name,
+-- data, state, scheduler, at, attempt, max, seq, epoch, the scheduler's failures in a row
+-- (scheduler, at, seq, epoch and failures are "" for a one-off job).
 local delayed, wait, active, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local P, n, lease, worker, tp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
@@ -22,16 +23,16 @@ for i, jid in ipairs(ids) do
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max')
   if j[5] then
-    local name, data, state, seq, epoch = j[1], j[4] or '', '', '', ''
+    local name, data, state, seq, epoch, fails = j[1], j[4] or '', '', '', '', ''
     local runnable = true
     if j[2] ~= '' then
       local sk = P .. 'scheduler:' .. j[2]
-      local s = redis.call('HMGET', sk, 'name', 'data', 'state', 'epoch')
+      local s = redis.call('HMGET', sk, 'name', 'data', 'state', 'epoch', 'fails')
       if not s[1] then
         runnable = false -- the scheduler was removed after this run fired
         redis.call('DEL', jk)
       else
-        name, data, state, epoch = s[1], s[2] or '{}', s[3] or '', s[4]
+        name, data, state, epoch, fails = s[1], s[2] or '{}', s[3] or '', s[4], s[5] or '0'
         seq = redis.call('HINCRBY', sk, 'seq', 1)
         redis.call('HSET', sk, 'last_run', now)
       end
@@ -42,7 +43,7 @@ for i, jid in ipairs(ids) do
       redis.call('HSET', jk, 'st', ACTIVE, 'token', token, 'wk', worker, 'started', now,
         'att', att, 'seq', seq, 'epoch', epoch)
       redis.call('ZADD', active, now + lease, jid)
-      for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch}) do
+      for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch, fails}) do
         out[#out + 1] = v
       end
     end
