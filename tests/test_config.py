@@ -146,7 +146,8 @@ def test_notifier_definitions() -> None:
             timeout: 3s
             retries: 0
           run: {type: command, command: "notify-send 'watcher says'", timeout: 1m}
-          list: {type: command, command: [echo, hi]}
+          list: {type: command, command: [echo, hi], env: [DISPLAY]}
+          map: {type: command, command: [echo, hi], env: {MODE: quiet}}
         """
     )
     hook = config.notifiers["hook"]
@@ -156,6 +157,10 @@ def test_notifier_definitions() -> None:
     assert isinstance(run, CommandNotifier)
     assert (run.command, run.timeout) == (["notify-send", "watcher says"], 60.0)
     assert config.notifiers["list"].command == ["echo", "hi"]  # type: ignore[union-attr]
+    assert config.notifiers["list"].env == ["DISPLAY"]  # type: ignore[union-attr]
+    assert config.notifiers["map"].env == {"MODE": "quiet"}  # type: ignore[union-attr]
+    problem = only_error("notifiers:\n  run: {type: command, command: [echo], env: [A=B]}\n")
+    assert "2:" in problem and "env" in problem
 
 
 def test_env_substitution_defaults_and_dollar_escape() -> None:

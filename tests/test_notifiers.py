@@ -267,8 +267,7 @@ def test_webhook_rejects_bad_url() -> None:
 
 RECORD_SCRIPT = """
 import json, os, sys
-names = [n for n in os.environ if n.startswith("WATCHER_")] + ["INHERITED_VAR"]
-out = {"stdin": sys.stdin.read(), "env": {n: os.environ.get(n) for n in names}}
+out = {"stdin": sys.stdin.read(), "env": dict(os.environ)}
 with open(sys.argv[1], "w") as f:
     json.dump(out, f)
 """
@@ -277,13 +276,15 @@ with open(sys.argv[1], "w") as f:
 async def test_command_gets_json_on_stdin_and_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("INHERITED_VAR", "kept")
+    monkeypatch.setenv("INHERITED_VAR", "not passed on")
+    monkeypatch.setenv("LC_TIME", "C")
     out = tmp_path / "out.json"
     change = make_change(id="1-0")
     await CommandNotifier("cmd", [sys.executable, "-c", RECORD_SCRIPT, str(out)], 5).send(change)
     seen = json.loads(out.read_text())
     assert json.loads(seen["stdin"]) == change.to_dict()
-    assert seen["env"] == {
+    watcher_vars = {k: v for k, v in seen["env"].items() if k.startswith("WATCHER_")}
+    assert watcher_vars == {
         "WATCHER_RESOURCE": "docs",
         "WATCHER_URL": "https://example.test/docs",
         "WATCHER_CHECK": "etag",
@@ -292,8 +293,38 @@ async def test_command_gets_json_on_stdin_and_env(
         "WATCHER_OLD_ETAG": '"a"',
         "WATCHER_NEW_ETAG": '"b"',
         "WATCHER_CHANGE_JSON": change.to_json(),
-        "INHERITED_VAR": "kept",
     }
+    # A clean environment: the basics, not whatever the worker inherited.
+    assert "INHERITED_VAR" not in seen["env"]
+    assert seen["env"]["PATH"] == os.environ["PATH"] and seen["env"]["LC_TIME"] == "C"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [["API_TOKEN", "UNSET_VAR"], {"API_TOKEN": "given", "MODE": "prod"}],
+    ids=["names", "map"],
+)
+async def test_command_env_passes_on_only_what_its_config_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: list[str] | dict[str, str]
+) -> None:
+    monkeypatch.setenv("API_TOKEN", "from-the-worker")
+    monkeypatch.setenv("WATCHER_REDIS_URL", "redis://:hunter2@db:6379/0")
+    monkeypatch.delenv("UNSET_VAR", raising=False)
+    out = tmp_path / "out.json"
+    argv = [sys.executable, "-c", RECORD_SCRIPT, str(out)]
+    await CommandNotifier("cmd", argv, 5, env=env).send(make_change())
+    seen = json.loads(out.read_text())["env"]
+    if isinstance(env, dict):
+        assert seen["API_TOKEN"] == "given" and seen["MODE"] == "prod"
+    else:
+        assert seen["API_TOKEN"] == "from-the-worker" and "UNSET_VAR" not in seen
+    assert "WATCHER_REDIS_URL" not in seen
+    assert not any("hunter2" in value for value in seen.values())
+
+
+def test_command_env_rejects_bad_names() -> None:
+    with pytest.raises(ValueError, match="invalid variable name 'A=B'"):
+        CommandNotifier("cmd", ["true"], env=["A=B"])
 
 
 async def test_command_timeout_kills_and_reaps(

@@ -19,8 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import UTC
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import AuthenticationError
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
@@ -27,6 +26,7 @@ from watcher import __version__
 from watcher.backoff import backoff
 from watcher.connection import QueueSettings, read_queue_settings
 from watcher.keeper import SyncWatch
+from watcher.logs import setup_logging
 from watcher.queue import UNAVAILABLE, Queue
 from watcher.redis_server import RedisServer, RedisServerError
 from watcher.registry import PluginError, load_check
@@ -277,8 +277,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from watcher.runner import serve
 
     config = read_config(args.config)
-    if args.quiet:
-        logging.getLogger("watcher.runs").setLevel(logging.WARNING)
     if not await wait_for_redis(args, config):
         return EXIT_OK
     async with open_queue(args, config, announce=True) as queue:
@@ -349,7 +347,7 @@ def worker_process(args: argparse.Namespace, queue: Queue, config: Config | None
         notifiers=notifier_definitions(config),
         concurrency=args.concurrency,
         transport=args.transport,
-        quiet=getattr(args, "quiet", False),
+        verbose=args.verbose,
         debug=args.debug,
         worker={"watch_sync": False},  # the supervisor watches the sync marker for them all
     )
@@ -617,7 +615,18 @@ def parser() -> argparse.ArgumentParser:
             help="exit 1 at once if the configured Redis is not up (default: wait for it, "
             "retrying with backoff)",
         )
-    run.add_argument("-q", "--quiet", action="store_true", help="log changes and failures only")
+        output = cmd.add_mutually_exclusive_group()
+        output.add_argument(
+            "-q", "--quiet", action="store_true", help="changes and failures only, no summary"
+        )
+        output.add_argument("-v", "--verbose", action="store_true", help="also a line per check")
+        cmd.add_argument(
+            "--summary",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="a summary line every SECONDS (default: 10; 0: none)",
+        )
     sync = add("sync", "reconcile the YAML into schedulers and print the plan", cmd_sync)
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     status = add("status", "show every resource: last run, last change, next run", cmd_status)
@@ -644,18 +653,9 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def setup_logging(debug: bool) -> None:
-    handler = RichHandler(console=errors, show_path=debug, rich_tracebacks=debug, markup=False)
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO, format="%(message)s", handlers=[handler]
-    )
-    for noisy in ("httpx", "httpcore", "aiohttp", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    setup_logging(args.debug)
+    setup_logging(args.debug, verbose=getattr(args, "verbose", False), console=errors)
     handler: Command = args.handler
     try:
         return asyncio.run(handler(args))

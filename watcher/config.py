@@ -381,10 +381,25 @@ class WebhookNotifier(_Model):
         return mask_headers(self.headers)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_names(value: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
+    bad = [name for name in value if not _ENV_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"invalid variable name {bad[0]!r}: use letters, digits and _")
+    return value
+
+
 class CommandNotifier(_Model):
     type: Literal["command"] = "command"
     command: CommandLine
     timeout: PositiveDuration = 30.0
+    env: Annotated[list[str] | dict[str, str], AfterValidator(_env_names)] = Field(
+        default_factory=list, repr=False
+    )
+    """Variables the command gets besides PATH, HOME, LANG, LC_*, TZ and its WATCHER_* ones:
+    names passed on from the worker's environment, or a map of values."""
 
 
 NotifierConfig = Annotated[

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -149,11 +148,11 @@ async def run_check(check: Check, ctx: CheckContext) -> CheckResult:
         if not deadline.expired():
             raise
         raise TransientCheckError(f"timed out after {limit:g}s") from None
+    except httpx.HTTPStatusError as exc:  # raise_for_status()
+        require_success(exc.response)
+        raise
     except httpx.HTTPError as exc:
-        if isinstance(exc, httpx.RequestError):
-            with contextlib.suppress(RuntimeError):  # no request attached
-                raise transport_error(exc, exc.request.url) from exc
-        raise transport_error(exc, ctx.resource.shown_url) from exc
+        raise transport_error(exc, _failed_url(exc, ctx)) from exc
 
 
 async def read_body(ctx: CheckContext, response: httpx.Response) -> bytes:
@@ -255,6 +254,13 @@ async def _send(
         return await client.send(request, stream=True)
     except httpx.HTTPError as exc:
         raise transport_error(exc, url) from exc
+
+
+def _failed_url(exc: httpx.HTTPError, ctx: CheckContext) -> httpx.URL | str:
+    try:
+        return exc.request.url
+    except RuntimeError:  # raised without a request
+        return ctx.resource.shown_url
 
 
 def _require_http_status(response: httpx.Response) -> None:

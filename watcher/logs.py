@@ -12,7 +12,8 @@ __all__ = ["setup_logging"]
 NOISY = ("httpx", "httpcore", "aiohttp", "asyncio")
 
 
-def setup_logging(debug: bool, console: Console | None = None) -> None:
+def setup_logging(debug: bool, *, verbose: bool = False, console: Console | None = None) -> None:
+    """Rich lines on stderr; a line per check (logger `watcher.checks`) only when verbose."""
     handler = RichHandler(
         console=console or Console(stderr=True),
         show_path=debug,
@@ -27,3 +28,6 @@ def setup_logging(debug: bool, console: Console | None = None) -> None:
     )
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("watcher.checks").setLevel(
+        logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 ALWAYS_SECRET = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 # Names that say they carry a credential: X-Api-Key, X-Auth-Token, X-Hub-Signature, ...
@@ -63,3 +65,27 @@ def mask_urls(text: str) -> str:
 def _masked_user_info(match: re.Match[str]) -> str:
     user, colon, _ = match.group(2).partition(":")
     return f"{match.group(1)}{user}:{MASK}@" if colon else f"{match.group(1)}{MASK}@"
+
+
+class RedactingLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger (for checks) whose messages pass through `redact` once formatted, so that
+    what a server echoes into a logged value is masked too."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        redact: Callable[[str], str],
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(logger, extra)
+        self.redact = redact
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):  # arguments that do not fit the format
+            text = f"{msg} {args}"
+        shown, options = self.process(self.redact(text), kwargs)
+        self.logger.log(level, shown, **options)

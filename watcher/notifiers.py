@@ -21,6 +21,7 @@ from watcher.check import parse_retry_after
 from watcher.config import CommandNotifier as CommandSpec
 from watcher.config import NotifierConfig
 from watcher.config import WebhookNotifier as WebhookSpec
+from watcher.http import InvalidResponse
 from watcher.masking import mask_headers
 
 __all__ = [
@@ -36,11 +37,15 @@ __all__ = [
 changes_log = logging.getLogger("watcher.changes")
 notify_log = logging.getLogger("watcher.notify")
 
-# Header names that look like credentials even though masking.ALWAYS_SECRET does not list them.
 # Linux refuses a single environment string over 128 KiB (MAX_ARG_STRLEN) with E2BIG.
 _ENV_JSON_LIMIT = 100_000
 _KILL_GRACE = 2.0
 _STDERR_LINE_LIMIT = 300
+# What a command gets from the worker's environment besides its WATCHER_* change variables;
+# the rest (WATCHER_REDIS_URL and its password, cloud credentials, ...) only when its
+# notifier's `env` names it.
+COMMAND_BASE_ENV = ("PATH", "HOME", "LANG", "TZ")
+COMMAND_BASE_ENV_PREFIXES = ("LC_",)
 
 
 class NotifyFailed(Exception):
@@ -222,6 +227,8 @@ class WebhookNotifier:
                 )
         except (TimeoutError, httpx.TimeoutException):
             return _Attempt(f"timed out after {self.timeout:g}s", retryable=True)
+        except InvalidResponse as exc:  # asking again gets the same broken answer
+            return _Attempt(f"invalid response: {exc}", retryable=False)
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             return _Attempt(_exc_text(exc), retryable=True)
         except httpx.HTTPError as exc:
@@ -238,7 +245,25 @@ class WebhookNotifier:
         return _Attempt(reason, retryable=False)
 
 
-def _command_env(change: Change) -> dict[str, str]:
+def command_base_env(
+    named: Sequence[str] | Mapping[str, str] = (), environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment a command starts from: PATH, HOME, LANG, LC_*, TZ from `environ` (this
+    process's), plus `named`: names to pass on from `environ` too, or a map of values."""
+    environ = os.environ if environ is None else environ
+    base = {
+        name: value
+        for name, value in environ.items()
+        if name in COMMAND_BASE_ENV or name.startswith(COMMAND_BASE_ENV_PREFIXES)
+    }
+    if isinstance(named, Mapping):
+        base.update(named)
+    else:
+        base.update({name: environ[name] for name in named if name in environ})
+    return base
+
+
+def _command_env(change: Change, base: Mapping[str, str]) -> dict[str, str]:
     as_json = change.to_json()
     if len(as_json) > _ENV_JSON_LIMIT:
         # stdin always carries the full change; the env copy drops the (large) details.
@@ -254,7 +279,7 @@ def _command_env(change: Change) -> dict[str, str]:
         "WATCHER_CHANGE_JSON": as_json,
     }
     # A NUL byte cannot be passed through the environment.
-    return {**os.environ, **{k: v.replace("\0", "") for k, v in values.items()}}
+    return {**base, **{k: v.replace("\0", "") for k, v in values.items()}}
 
 
 def _last_line(data: bytes) -> str:
@@ -264,16 +289,33 @@ def _last_line(data: bytes) -> str:
 
 
 class CommandNotifier:
-    """Runs a program with the change as JSON on stdin and in WATCHER_* environment variables."""
+    """Runs a program with the change as JSON on stdin and in WATCHER_* environment variables.
 
-    def __init__(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> None:
+    The program gets a clean environment (`command_base_env`), not the worker's: `env` names
+    the variables to pass on (a list), or sets them (a map)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        timeout: float = 30.0,
+        env: Sequence[str] | Mapping[str, str] = (),
+    ) -> None:
         if not argv:
             raise ValueError(f"notifier {name!r}: command must not be empty")
         if timeout <= 0:
             raise ValueError(f"notifier {name!r}: timeout must be positive, got {timeout!r}")
+        if isinstance(env, str):
+            raise ValueError(f"notifier {name!r}: env must be a list of names or a map")
+        bad = [key for key in env if not key or any(c in key for c in "=\0")]
+        if bad:
+            raise ValueError(f"notifier {name!r}: env: invalid variable name {bad[0]!r}")
         self.name = name
         self.argv = [str(arg) for arg in argv]
         self.timeout = float(timeout)
+        self.env: Sequence[str] | Mapping[str, str] = (
+            {str(k): str(v) for k, v in env.items()} if isinstance(env, Mapping) else list(env)
+        )
 
     @property
     def max_duration(self) -> float:
@@ -301,7 +343,7 @@ class CommandNotifier:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                env=_command_env(change),
+                env=_command_env(change, command_base_env(self.env)),
                 # Its own process group, so a timeout kills whatever it spawned too.
                 start_new_session=True,
             )
@@ -371,7 +413,9 @@ def _build_one(
             client=client,
         )
     if isinstance(definition, CommandSpec):
-        return CommandNotifier(name, definition.command, timeout=definition.timeout)
+        # The configuration model (watcher/config.py) does not declare `env` yet.
+        env = definition.env
+        return CommandNotifier(name, definition.command, timeout=definition.timeout, env=env)
     return ConsoleNotifier(name)
 
 

@@ -16,7 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from watcher.check import CheckContext, CheckFailed, CheckResult, Resource
+from watcher.fetch import run_check
 from watcher.http import make_client
+from watcher.masking import RedactingLogger
 from watcher.registry import load_check
 
 CONDITIONAL = ("if-none-match", "if-modified-since")
@@ -31,7 +33,12 @@ async def check_once(
     console: Console, template: Mapping[str, Any], check_name: str, transport: str
 ) -> int:
     check = load_check(check_name, resource=str(template["id"]))
-    resource = Resource.from_template(template)
+    try:
+        resource = Resource.from_template(template)
+    except CheckFailed as exc:
+        console.print(Text.assemble(("failed:", "bold red"), f" {exc.reason}"))
+        return 1
+    log = RedactingLogger(logging.getLogger("watcher.check"), resource.redact)
     exchanges: list[tuple[httpx.Request, httpx.Response]] = []
 
     async def on_response(response: httpx.Response) -> None:
@@ -43,15 +50,17 @@ async def check_once(
         client.event_hooks["response"].append(on_response)
         for label in ("first run", "second run"):
             exchanges.clear()
-            ctx = CheckContext(
-                resource, dict(state), client, logging.getLogger("watcher.check"), _no_upsert
-            )
+            ctx = CheckContext(resource, dict(state), client, log, _no_upsert)
             try:
-                result = await check(ctx)
-            except CheckFailed as exc:
+                result = await run_check(check, ctx)
+            except Exception as exc:
+                if isinstance(exc, CheckFailed):
+                    outcome, why = "failed", exc.reason
+                else:  # a plugin's bug: one line, as the runner says it
+                    outcome, why = "crashed", f"{type(exc).__name__}: {exc}"
                 _show_exchanges(console, label, exchanges, resource)
-                reason = resource.redact(exc.reason)
-                console.print(Text.assemble((f"{label}: failed:", "bold red"), f" {reason}"))
+                reason = resource.redact(why)
+                console.print(Text.assemble((f"{label}: {outcome}:", "bold red"), f" {reason}"))
                 failed = True
                 break
             _show_exchanges(console, label, exchanges, resource)
@@ -66,18 +75,19 @@ def _show_exchanges(
     exchanges: list[tuple[httpx.Request, httpx.Response]],
     resource: Resource,
 ) -> None:
-    """What was sent and answered; anything the server echoes is shown redacted."""
+    """What was sent and answered, each redirect hop too; anything the server echoes (into a
+    Location as well) is shown redacted."""
     for request, response in exchanges:
         sent = {k: v for k, v in request.headers.items() if k.lower() in CONDITIONAL}
         table = Table(
-            title=f"{label}: {request.method} {request.url}",
+            title=Text(resource.redact(f"{label}: {request.method} {request.url}")),
             show_header=False,
             title_justify="left",
             box=None,
         )
         status = f"{response.status_code} {response.reason_phrase}"
         table.add_row("status", Text(resource.redact(status)))
-        table.add_row("conditional headers sent", Text(_pairs(sent) or "none"))
+        table.add_row("conditional headers sent", Text(resource.redact(_pairs(sent)) or "none"))
         received = {
             k: v for k, v in response.headers.items() if k.lower() in SHOWN_RESPONSE_HEADERS
         }

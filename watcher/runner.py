@@ -28,7 +28,9 @@ from watcher.check import (
     TransientCheckError,
 )
 from watcher.config import NotifierConfig
+from watcher.fetch import run_check
 from watcher.http import make_client
+from watcher.masking import RedactingLogger
 from watcher.notifiers import Notifier, build_notifiers, notify_all
 from watcher.queue import Queue
 from watcher.registry import PluginError, load_check
@@ -104,18 +106,23 @@ class CheckRunner:
         return found
 
     async def run(self, job: Job) -> Outcome:
-        resource = Resource.from_template(job.data)
+        try:
+            resource = Resource.from_template(job.data)
+        except CheckFailed as exc:  # e.g. a secret's variable not set on this worker
+            log.warning("%s", exc.reason)
+            raise Fail(exc.reason, report=_report("failed", exc.reason)) from None
         check = self._check(job.name, resource.id)
         ctx = CheckContext(
             resource=resource,
             state=dict(job.state),
             client=self.client,
-            log=logging.LoggerAdapter(log, {"resource": resource.id}),
+            log=RedactingLogger(log, resource.redact, {"resource": resource.id}),
             upsert=lambda *, state=None, every=None: job.upsert_scheduler(state=state, every=every),
         )
         started = time.monotonic()
         try:
-            result = await check(ctx)
+            # Within the resource's timeout as a whole: a slow server cannot hold a slot.
+            result = await run_check(check, ctx)
         except TransientCheckError as exc:
             self.stats.add(failed=True)
             reason = resource.redact(exc.reason)
@@ -130,10 +137,6 @@ class CheckRunner:
             reason = resource.redact(exc.reason)
             log.warning("%s failed: %s", resource.id, reason)
             raise Fail(reason, report=_report("failed", reason, exc.status_code, started)) from None
-        except httpx.TransportError as exc:  # a plugin that let a network error through
-            self.stats.add(failed=True)
-            reason = resource.redact(f"{type(exc).__name__}: {exc}")
-            raise Retry(reason, report=_report("retrying", reason, None, started)) from None
         except Exception as exc:
             self.stats.add(failed=True)
             reason = resource.redact(f"check crashed: {type(exc).__name__}: {exc}")
@@ -154,7 +157,7 @@ class CheckRunner:
             change = Change(
                 resource=resource.id,
                 check=job.name,
-                url=resource.url,
+                url=resource.shown_url,
                 time=await self.queue.now_ms() / 1000,
                 old=_shown(resource, job.state if result.old is None else result.old),
                 new=_shown(resource, result.state if result.new is None else result.new),

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from watcher.masking import mask_urls
 from watcher.queue import Queue, Refusal, SchedulerInfo
 
 OUTCOME_STYLE = {
@@ -64,7 +65,7 @@ def _row(info: SchedulerInfo) -> ResourceRow:
     return ResourceRow(
         id=info.id,
         check=info.name,
-        url=str(info.data.get("url", "")),
+        url=mask_urls(str(info.data.get("url", ""))),  # no password, nor its ${VAR}
         schedule=info.schedule.describe(),
         last_run=info.last_run_ms / 1000 if info.last_run_ms else None,  # Redis time
         outcome=report.get("outcome"),

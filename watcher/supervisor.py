@@ -46,7 +46,7 @@ class WorkerProcess:
     notifiers: Mapping[str, Any] = field(default_factory=dict)
     concurrency: int = 50
     transport: str = "aiohttp"
-    quiet: bool = False
+    verbose: bool = False
     debug: bool = False
     worker: Mapping[str, Any] = field(default_factory=dict)
     """Worker options (lease, grace, ...), as `watcher.worker.Worker` takes them."""
@@ -58,9 +58,7 @@ class WorkerProcess:
 
 def run_worker_process(options: WorkerProcess) -> None:
     """A child's main: serve the queue until SIGTERM or SIGINT."""
-    setup_logging(options.debug)
-    if options.quiet:
-        logging.getLogger("watcher.runs").setLevel(logging.WARNING)
+    setup_logging(options.debug, verbose=options.verbose)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(options))
 
