@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -76,3 +79,46 @@ def start_worker_process(
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     return proc
+
+
+WATCHER = str(Path(sys.executable).parent / "watcher")
+
+
+class Watcher:
+    """A `watcher` command running in the background; its output (stdout and the log on
+    stderr) is collected line by line as it comes."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        environment = {k: v for k, v in os.environ.items() if k != "WATCHER_REDIS_URL"}
+        environment.update({"COLUMNS": "400", "NO_COLOR": "1"})
+        self.process = subprocess.Popen(
+            [WATCHER, *args],
+            cwd=cwd,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def saying(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (the output is complete afterwards)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self._reader.join(5)
+        return code

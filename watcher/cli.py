@@ -30,6 +30,7 @@ from watcher.logs import setup_logging
 from watcher.queue import UNAVAILABLE, Queue
 from watcher.redis_server import RedisServer, RedisServerError
 from watcher.registry import PluginError, load_check
+from watcher.summary import summarize
 from watcher.supervisor import Supervisor, WorkerProcess
 from watcher.yaml_source import ConfigError
 
@@ -305,7 +306,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
             reload = asyncio.create_task(watch_config(args, queue, restart_workers))
             try:
-                await supervise(supervisor, SyncWatch(queue, resync=sync_again))
+                await supervise(supervisor, SyncWatch(queue, resync=sync_again), args)
             finally:
                 reload.cancel()
         else:
@@ -325,6 +326,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
                     install_signal_handlers=True,
                     started=runners.append,
                     worker={"resync": sync_again},
+                    summary_every=summary_every(args),
                 )
             finally:
                 reload.cancel()
@@ -353,9 +355,13 @@ def worker_process(args: argparse.Namespace, queue: Queue, config: Config | None
     )
 
 
-async def supervise(supervisor: Supervisor, watch: SyncWatch) -> None:
+def summary_every(args: argparse.Namespace) -> float:
+    return 0.0 if args.quiet else max(0.0, args.summary)
+
+
+async def supervise(supervisor: Supervisor, watch: SyncWatch, args: argparse.Namespace) -> None:
     """Run the supervisor's worker processes until SIGTERM/SIGINT; meanwhile watch the
-    queue's sync marker once for all of them."""
+    queue's sync marker, and sum up what they all did, once for all of them."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, supervisor.stop)
@@ -366,11 +372,14 @@ async def supervise(supervisor: Supervisor, watch: SyncWatch) -> None:
                 await watch.look()
             await asyncio.sleep(1.0)
 
-    watching = asyncio.create_task(look_every_second())
+    tasks = [asyncio.create_task(look_every_second())]
+    if every := summary_every(args):
+        tasks.append(asyncio.create_task(summarize(watch.queue, supervisor.tally.take, every)))
     try:
         await supervisor.run()
     finally:
-        watching.cancel()
+        for task in tasks:
+            task.cancel()
         watch.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -459,7 +468,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         console.print(f"worker on queue {queue.name!r}, {_workers(args)}")
         if args.processes > 1:
             supervisor = Supervisor(worker_process(args, queue, config), args.processes)
-            await supervise(supervisor, SyncWatch(queue, expect_synced=True))
+            await supervise(supervisor, SyncWatch(queue, expect_synced=True), args)
             return EXIT_OK
         await serve(
             queue,
@@ -468,6 +477,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             transport=args.transport,
             install_signal_handlers=True,
             worker={"expect_synced": True},  # a queue no sync wrote checks nothing: say so
+            summary_every=summary_every(args),
         )
     return EXIT_OK
 

@@ -64,8 +64,10 @@ def _from_lines(filename: str, text: str) -> QueueSettings | None:
         if report.problems:
             return None  # the full load says what is wrong, with file and line
     queue, limit = found.get("queue", "watcher"), found.get("history_limit", 10_000)
-    if not isinstance(queue, str) or not isinstance(limit, int) or not (
-        redis is None or isinstance(redis, str)
+    if (
+        not isinstance(queue, str)
+        or not isinstance(limit, int)
+        or not (redis is None or isinstance(redis, str))
     ):
         return None
     return QueueSettings(queue=queue, redis=redis, history_limit=limit)

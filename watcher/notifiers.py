@@ -101,10 +101,15 @@ class ConsoleNotifier:
     def format(self, change: Change) -> str:
         # Resource ids, validators and summaries come from users and servers: escape them so a
         # "[" in an ETag cannot be read as (possibly broken) rich markup.
-        line = f"[bold]{escape(change.resource)}[/] changed: {escape(_describe(change))}"
+        return f"[bold]{escape(change.resource)}[/] {escape(self.plain(change, named=False))}"
+
+    @staticmethod
+    def plain(change: Change, *, named: bool = True) -> str:
+        """The change in words, without markup."""
+        line = f"changed: {_describe(change)}"
         if change.status_code is not None:
             line += f" ({change.status_code})"
-        return line
+        return f"{change.resource} {line}" if named else line
 
     async def send(self, change: Change) -> None:
         self._log.info(self.format(change), extra={"markup": True})

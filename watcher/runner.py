@@ -31,26 +31,45 @@ from watcher.config import NotifierConfig
 from watcher.fetch import run_check
 from watcher.http import make_client
 from watcher.masking import RedactingLogger
-from watcher.notifiers import Notifier, build_notifiers, notify_all
+from watcher.notifiers import ConsoleNotifier, Notifier, build_notifiers, notify_all
 from watcher.queue import Queue
 from watcher.registry import PluginError, load_check
+from watcher.summary import summarize
+from watcher.tally import Tally
 from watcher.worker import Fail, Handler, Job, Outcome, Retry, Worker
 
 __all__ = ["CheckRunner", "RunStats", "serve"]
 
 log = logging.getLogger("watcher.runs")
+"""Changes (when no console notifier says them), failures that end a run, recoveries."""
+checks_log = logging.getLogger("watcher.checks")
+"""A line per check and per retried attempt: `watcher run -v`."""
 
 
 class RunStats:
-    """Runs in the last minute, in one-second buckets, for the worker's heartbeat."""
+    """Runs in the last minute, in one-second buckets, for the worker's heartbeat; and
+    the same counted into a `Tally` for the summary line."""
 
     def __init__(self, window: int = 60) -> None:
         self.window = window
+        self.tally = Tally()
         self._buckets: deque[list[int]] = deque()  # [second, runs, not_modified, changes, failed]
 
     def add(
-        self, *, not_modified: bool = False, changed: bool = False, failed: bool = False
+        self,
+        *,
+        not_modified: bool = False,
+        changed: bool = False,
+        failed: bool = False,
+        retrying: bool = False,
     ) -> None:
+        """One run: `failed` when it ended failed, `retrying` when it failed and runs again."""
+        tally = self.tally
+        tally.checks += 1
+        tally.not_modified += not_modified
+        tally.changes += changed
+        tally.failures += failed
+        tally.retries += retrying
         second = int(time.time())
         if not self._buckets or self._buckets[-1][0] != second:
             self._buckets.append([second, 0, 0, 0, 0])
@@ -58,7 +77,7 @@ class RunStats:
         bucket[1] += 1
         bucket[2] += not_modified
         bucket[3] += changed
-        bucket[4] += failed
+        bucket[4] += failed or retrying
 
     def snapshot(self) -> dict[str, int]:
         horizon = int(time.time()) - self.window
@@ -124,9 +143,19 @@ class CheckRunner:
             # Within the resource's timeout as a whole: a slow server cannot hold a slot.
             result = await run_check(check, ctx)
         except TransientCheckError as exc:
-            self.stats.add(failed=True)
             reason = resource.redact(exc.reason)
-            log.warning("%s attempt %d failed, will retry: %s", resource.id, job.attempt, reason)
+            if job.attempt < job.max_attempts:
+                self.stats.add(retrying=True)
+                checks_log.info(
+                    "%s attempt %d of %d failed, retrying: %s",
+                    resource.id,
+                    job.attempt,
+                    job.max_attempts,
+                    reason,
+                )
+            else:
+                self.stats.add(failed=True)
+                log.warning("%s failed after %d attempt(s): %s", resource.id, job.attempt, reason)
             raise Retry(
                 reason,
                 delay=exc.retry_after,
@@ -140,10 +169,10 @@ class CheckRunner:
         except Exception as exc:
             self.stats.add(failed=True)
             reason = resource.redact(f"check crashed: {type(exc).__name__}: {exc}")
-            # no traceback at INFO: its last line would repeat the unmasked message
-            log.error(
-                "resource %s: %s", resource.id, reason, exc_info=log.isEnabledFor(logging.DEBUG)
-            )
+            # no traceback unless --debug: its last line would repeat the unmasked message
+            debug = log.isEnabledFor(logging.DEBUG)
+            hint = "" if debug else " (--debug shows the traceback)"
+            log.error("%s failed: %s%s", resource.id, reason, hint, exc_info=debug)
             raise Fail(reason, report=_report("failed", reason, None, started)) from None
         return await self._complete(job, resource, result, started)
 
@@ -171,9 +200,12 @@ class CheckRunner:
         if result.every is not None:
             await job.upsert_scheduler(every=result.every)
         outcome = "baseline" if result.baseline else "changed" if changed else "unchanged"
-        if log.isEnabledFor(logging.INFO):
+        if job.failures:
+            log.info("%s recovered after %d failed run(s): %s", resource.id, job.failures, summary)
+        if checks_log.isEnabledFor(logging.INFO):
             said = summary if summary.startswith(outcome) else f"{outcome}: {summary}"
-            log.info("%s %s (%.0f ms)", resource.id, said, (time.monotonic() - started) * 1000)
+            took = (time.monotonic() - started) * 1000
+            checks_log.info("%s %s (%.0f ms)", resource.id, said, took)
         return Outcome(
             result={"outcome": outcome, "summary": summary},
             state=None if result.state == job.state else result.state,
@@ -193,6 +225,8 @@ class CheckRunner:
                 ", ".join(missing),
             )
         chosen = [self.notifiers[n] for n in names if n in self.notifiers]
+        if not any(isinstance(notifier, ConsoleNotifier) for notifier in chosen):
+            log.info("%s", ConsoleNotifier.plain(change))  # every change is said once
         task = asyncio.create_task(notify_all(chosen, change, log=log))
         self._notifying.add(task)
         task.add_done_callback(self._notifying.discard)
@@ -244,9 +278,13 @@ async def serve(
     install_signal_handlers: bool = False,
     worker: dict[str, Any] | None = None,
     started: Callable[[CheckRunner], None] | None = None,
+    summary_every: float = 0.0,
+    report: Callable[[Tally], None] | None = None,
 ) -> None:
     """Run check workers on `queue` until stopped (SIGTERM/SIGINT when asked). `started`
-    gets the runner, e.g. to swap its notifiers when the configuration is reloaded."""
+    gets the runner, e.g. to swap its notifiers when the configuration is reloaded. With
+    `summary_every`, a summary line is logged that often; `report` gets what was counted
+    every second instead (a worker process tells its supervisor)."""
     async with make_client(transport=transport, max_connections=concurrency) as client:
         runner = CheckRunner(queue, client, build_notifiers(notifiers or {}, client))
         if started:
@@ -256,7 +294,25 @@ async def serve(
             runner.handler,
             concurrency=concurrency,
             metrics=runner.stats.snapshot,
+            tally=runner.stats.tally,
             **(worker or {}),
         )
-        await running.run(install_signal_handlers=install_signal_handlers)
+        tasks = []
+        if summary_every > 0:
+            tasks.append(asyncio.create_task(summarize(queue, running.tally.take, summary_every)))
+        if report is not None:
+            tasks.append(asyncio.create_task(_report_every_second(running.tally, report)))
+        try:
+            await running.run(install_signal_handlers=install_signal_handlers)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if report is not None:
+                report(running.tally.take())
         await runner.drain()
+
+
+async def _report_every_second(tally: Tally, report: Callable[[Tally], None]) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        report(tally.take())

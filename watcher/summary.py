@@ -1,7 +1,7 @@
 """One line every few seconds on what the workers did: what a person reads at any scale.
 
-    12,345 checks in 10s (1,234/s) · 304 98% · 3 changed · 0 failed · 0 skipped
-    · lag p99 ≤20ms · 0 waiting    (one line in the log)
+12,345 checks in 10s (1,234/s) · 304 98% · 3 changed · 0 failed · 0 skipped
+· lag p99 ≤20ms · 0 waiting    (one line in the log)
 """
 
 from __future__ import annotations

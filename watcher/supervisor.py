@@ -18,11 +18,13 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from watcher.backoff import backoff
 from watcher.logs import setup_logging
+from watcher.tally import Tally
 
 __all__ = ["Supervisor", "WorkerProcess"]
 
@@ -56,14 +58,16 @@ class WorkerProcess:
         return float(self.worker.get("grace", 10.0))
 
 
-def run_worker_process(options: WorkerProcess) -> None:
-    """A child's main: serve the queue until SIGTERM or SIGINT."""
+def run_worker_process(options: WorkerProcess, reports: Connection) -> None:
+    """A child's main: serve the queue until SIGTERM or SIGINT, telling the supervisor
+    what its runs came to every second (on a pipe of its own: a child killed mid-write
+    breaks only its own)."""
     setup_logging(options.debug, verbose=options.verbose)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(options))
+        asyncio.run(_serve(options, reports))
 
 
-async def _serve(options: WorkerProcess) -> None:
+async def _serve(options: WorkerProcess, reports: Connection) -> None:
     from watcher.queue import Queue
     from watcher.runner import serve
 
@@ -76,6 +80,7 @@ async def _serve(options: WorkerProcess) -> None:
             transport=options.transport,
             install_signal_handlers=True,
             worker=dict(options.worker),
+            report=reports.send,
         )
     finally:
         await queue.close()
@@ -85,6 +90,7 @@ async def _serve(options: WorkerProcess) -> None:
 class _Child:
     slot: int
     process: BaseProcess | None = None
+    reports: Connection | None = None
     started: float = 0.0
     failures: int = 0
     restart_at: float | None = None
@@ -99,6 +105,8 @@ class Supervisor:
         self.options = options
         self.children = [_Child(slot) for slot in range(processes)]
         self.restarts = 0
+        self.tally = Tally()
+        """What every child's runs came to, added up as they report it."""
         self._context = multiprocessing.get_context("spawn")
         self._stopping = asyncio.Event()
 
@@ -136,16 +144,35 @@ class Supervisor:
             self._start(child)
 
     def _start(self, child: _Child) -> None:
+        self._read_reports(child)
+        if child.reports is not None:
+            child.reports.close()
+        reading, writing = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=run_worker_process,
-            args=(self.options,),
+            args=(self.options, writing),
             name=f"watcher-worker-{child.slot + 1}",
             daemon=False,
         )
         process.start()
-        child.process, child.started, child.restart_at = process, time.monotonic(), None
+        writing.close()  # the child's end: the parent keeps only its own
+        child.process, child.reports = process, reading
+        child.started, child.restart_at = time.monotonic(), None
+
+    def _read_reports(self, child: _Child) -> None:
+        reports = child.reports
+        if reports is None:
+            return
+        try:
+            while reports.poll():
+                self.tally.add(reports.recv())
+        except (EOFError, OSError):  # the child is gone; so is what it had not sent
+            reports.close()
+            child.reports = None
 
     def _look_after(self) -> None:
+        for child in self.children:
+            self._read_reports(child)
         now = time.monotonic()
         for child in self.children:
             if child.restart_at is not None:
