@@ -89,12 +89,24 @@ def test_full_cycle(tmp_path: Path, redis_url: str, queue_name: str, origin: Ori
     assert "nothing to do" in again.stdout
 
     run = start_run(tmp_path)
+
+    def recorded(changes: int) -> None:
+        """Wait until `docs` has that many changes in its history."""
+        deadline = time.monotonic() + 20
+        while len(json.loads(watcher("history", "docs", "--json", cwd=tmp_path).stdout)) < changes:
+            assert time.monotonic() < deadline, f"not {changes} change(s) within 20 s"
+            time.sleep(0.2)
+
     try:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 20
+        while not any(seen.path == "/docs" for seen in origin.requests):  # the baseline
+            assert time.monotonic() < deadline, "docs never checked"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the baseline's state written back
         origin.set(etag='"v2"')
-        time.sleep(1.0)
+        recorded(1)
         origin.set(etag='"v3"')
-        time.sleep(1.0)
+        recorded(2)
     finally:
         run.send_signal(signal.SIGTERM)
         out, _ = run.communicate(timeout=30)
