@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import random
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -99,3 +100,20 @@ def test_cron_respects_start() -> None:
     s = Schedule.build(cron="0 * * * *", start=NOW / 1000 + 3 * 3600)
     slot = s.next_slot("a", NOW)
     assert slot is not None and slot >= NOW + 3 * 3_600_000
+
+
+def test_interval_slots_are_apschedulers_in_integer_ms() -> None:
+    """The interval fast path gives the slots APScheduler's IntervalTrigger gives."""
+    rng = random.Random(7)
+    for _ in range(2000):
+        every = rng.choice([1, 2, 7, 30, 60, 300, 3600, 86400]) * 1000
+        start = rng.choice([None, rng.randrange(1_600_000_000_000, 1_800_000_000_000)])
+        schedule = Schedule.build(every=every / 1000, start=None if start is None else start / 1000)
+        id = f"r{rng.randrange(10**6)}"
+        at = rng.randrange(1_600_000_000_000, 1_800_000_000_000)
+        expected = schedule.trigger(id).get_next_fire_time(
+            None, datetime.fromtimestamp(at / 1000, UTC)
+        )
+        slot = schedule.next_slot(id, at)
+        assert expected is not None and slot is not None
+        assert abs(slot - round(expected.timestamp() * 1000)) <= 1  # the trigger's float ms

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -231,8 +231,12 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+@lru_cache(maxsize=65536)
 def _user_info(url: str) -> tuple[str, str] | None:
-    """The (user, password) of `url`, percent-decoded, or None when it has no user info."""
+    """The (user, password) of `url`, percent-decoded, or None when it has no user info.
+    Cached: every run of a resource asks, and parsing a URL costs more than its request."""
+    if "@" not in url:
+        return None
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:

@@ -26,6 +26,7 @@ import codecs
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import httpx
 
@@ -112,7 +113,7 @@ async def stream(
     authorization = resource.url_authorization
     if authorization and not any(name.lower() == "authorization" for name in sent):
         sent["Authorization"] = authorization
-    url = _without_user_info(_parse(resource.url))
+    url = _request_url(resource.url)
     hops = [url]
     while True:
         response = await _send(ctx.client, method, url, sent, resource.timeout)
@@ -271,6 +272,12 @@ def _require_http_status(response: httpx.Response) -> None:
             f"invalid response: status {status} is not an HTTP status (100-599)",
             status_code=status,
         )
+
+
+@lru_cache(maxsize=65536)
+def _request_url(url: str) -> httpx.URL:
+    """A resource's URL, parsed once (every run of a resource asks for the same one)."""
+    return _without_user_info(_parse(url))
 
 
 def _parse(url: str) -> httpx.URL:

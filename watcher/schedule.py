@@ -120,6 +120,8 @@ class Schedule:
     def next_slot(self, scheduler_id: str, now_ms: int, after_ms: int | None = None) -> int | None:
         """The first slot at or after `now_ms` and strictly after `after_ms`; None when ended."""
         at = now_ms if after_ms is None else max(now_ms, after_ms + 1)
+        if self.cron is None:
+            return self._next_interval_slot(scheduler_id, at)
         moment = datetime.fromtimestamp(at / 1000, UTC)
         fire: datetime | None = self.trigger(scheduler_id).get_next_fire_time(None, moment)
         if fire is None:
@@ -132,6 +134,18 @@ class Schedule:
             if fire is None:
                 return None
             slot = round(fire.timestamp() * 1000)
+        if self.end_ms is not None and slot > self.end_ms:
+            return None
+        return slot
+
+    def _next_interval_slot(self, scheduler_id: str, at: int) -> int | None:
+        """The first slot at or after `at` of an interval schedule: the slots are
+        `first + k * every`, first being the start or the id's phase (the same slots as
+        APScheduler's IntervalTrigger, in integer ms: it is on every tick's hot path)."""
+        assert self.every_ms is not None
+        every = self.every_ms
+        first = self.start_ms if self.start_ms is not None else phase_ms(scheduler_id, every)
+        slot = first if at <= first else first + -(-(at - first) // every) * every
         if self.end_ms is not None and slot > self.end_ms:
             return None
         return slot

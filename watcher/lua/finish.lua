@@ -4,7 +4,8 @@
 -- and no newer run wrote first; a fenced-off write is counted in stat:fenced.
 -- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing
 -- ARGV: prefix, keep ms, keep ms for a scheduler's successful run (its outcome lives on in the
--- scheduler's report), finished cap, then 7 fields per job:
+-- scheduler's report), finished cap, then a JSON array with one array of 7 strings per job
+-- (one argument: packing thousands costs a client most):
 --   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none),
 --   report ("~" = none)
 -- Returns: one code per job: 1 done, 0 lease lost, 2 done but its state write was fenced off,
@@ -14,9 +15,9 @@ local completed, failed, fenced, failing = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local P, keep, keep_runs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local out = {}
-for b = 5, #ARGV, 7 do
+for _, row in ipairs(cjson.decode(ARGV[5])) do
   local jid, token, kind, delay, payload, state, report =
-    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+    row[1], row[2], row[3], row[4], row[5], row[6], row[7]
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch')
   if not j[3] then

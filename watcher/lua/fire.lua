@@ -3,16 +3,16 @@
 -- pending or active is skipped and counted. The job carries no data: the run reads the
 -- scheduler's data when it starts.
 -- KEYS: schedulers id wait marker
--- ARGV: prefix, then 4 fields per scheduler: id, expected score, next score ("" = ended),
--- next slot.
+-- ARGV: prefix, a JSON array with one array of 4 strings per scheduler: id, expected score,
+-- next score ("" = ended), next slot (one argument: packing thousands costs a client most).
 -- Returns: {fired, skipped}.
 local schedulers, id_key, wait, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local P = ARGV[1]
 local now = now_ms()
 local fired, skipped = 0, 0
 local live = {[WAIT] = true, [ACTIVE] = true, [DELAYED] = true}
-for b = 2, #ARGV, 4 do
-  local id, expected, nxt, slot = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+for _, row in ipairs(cjson.decode(ARGV[2])) do
+  local id, expected, nxt, slot = row[1], row[2], row[3], row[4]
   local score = redis.call('ZSCORE', schedulers, id)
   if score and tonumber(score) == tonumber(expected) then
     local key = P .. 'scheduler:' .. id
