@@ -18,6 +18,8 @@ from watcher.http import make_client
 from watcher.queue import Queue
 from watcher.redis_server import RedisServer
 
+from .origin import Origin
+
 ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count()
 
@@ -85,3 +87,10 @@ def make_ctx(
         )
 
     return make
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    """A local origin on 127.0.0.1 serving ETag "v1" (tests/origin.py)."""
+    with Origin(etag='"v1"') as server:
+        yield server

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,12 +51,6 @@ def start_run(cwd: Path) -> subprocess.Popen[str]:
         text=True,
         env={**environment, "COLUMNS": "300"},
     )
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    with Origin(etag='"v1"') as server:
-        yield server
 
 
 def write_config(path: Path, redis_url: str, queue: str, resources: str) -> Path:

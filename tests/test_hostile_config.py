@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +87,6 @@ def stop(process: subprocess.Popen[str], within: float = 10) -> tuple[str, float
 
 def queue_keys(redis_url: str, queue: str) -> list[bytes]:
     return list(redis.Redis.from_url(redis_url).scan_iter(f"watcher:{{{queue}}}:*"))
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    with Origin(etag='"v1"') as server:
-        yield server
 
 
 # ---------------------------------------------------------------------------- alias bombs

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,6 @@ from .helpers import Watcher, wait_for
 from .origin import Origin
 
 SUMMARY = re.compile(r"[\d,]+ checks in \d+s \([\d,]+/s\)")
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    with Origin(etag='"v1"') as server:
-        yield server
 
 
 def write_config(folder: Path, redis_url: str, queue: str, origin: Origin, count: int = 3) -> None:

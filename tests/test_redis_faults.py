@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +32,6 @@ from .helpers import Watcher, running, wait_for
 from .origin import Origin
 
 WATCHER = str(Path(sys.executable).parent / "watcher")
-
-
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    with Origin(etag='"v1"') as server:
-        yield server
 
 
 def write_config(path: Path, url: str, queue: str, origin: Origin, count: int = 3) -> Path:

@@ -275,7 +275,6 @@ async def cmd_sync(args: argparse.Namespace) -> int:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from watcher.runner import serve
 
     config = read_config(args.config)
     if not await wait_for_redis(args, config):
@@ -318,15 +317,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
             reload = asyncio.create_task(watch_config(args, queue, swap_notifiers))
             try:
-                await serve(
-                    queue,
-                    notifiers=notifier_definitions(config),
-                    concurrency=args.concurrency,
-                    transport=args.transport,
-                    install_signal_handlers=True,
-                    started=runners.append,
-                    worker={"resync": sync_again},
-                    summary_every=summary_every(args),
+                await serve_here(
+                    args, queue, config, worker={"resync": sync_again}, started=runners.append
                 )
             finally:
                 reload.cancel()
@@ -352,6 +344,29 @@ def worker_process(args: argparse.Namespace, queue: Queue, config: Config | None
         verbose=args.verbose,
         debug=args.debug,
         worker={"watch_sync": False},  # the supervisor watches the sync marker for them all
+    )
+
+
+async def serve_here(
+    args: argparse.Namespace,
+    queue: Queue,
+    config: Config | None,
+    *,
+    worker: dict[str, Any],
+    started: Callable[[CheckRunner], None] | None = None,
+) -> None:
+    """Check workers in this process (`--processes 1`) until SIGTERM/SIGINT."""
+    from watcher.runner import serve
+
+    await serve(
+        queue,
+        notifiers=notifier_definitions(config),
+        concurrency=args.concurrency,
+        transport=args.transport,
+        install_signal_handlers=True,
+        started=started,
+        worker=worker,
+        summary_every=summary_every(args),
     )
 
 
@@ -454,7 +469,6 @@ async def watch_config(
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
-    from watcher.runner import serve
 
     config = _optional_config(args.config)
     if configured_redis(args, config) is None and not (EMBEDDED_DIR / "redis.url").exists():
@@ -470,15 +484,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             supervisor = Supervisor(worker_process(args, queue, config), args.processes)
             await supervise(supervisor, SyncWatch(queue, expect_synced=True), args)
             return EXIT_OK
-        await serve(
-            queue,
-            notifiers=notifier_definitions(config),
-            concurrency=args.concurrency,
-            transport=args.transport,
-            install_signal_handlers=True,
-            worker={"expect_synced": True},  # a queue no sync wrote checks nothing: say so
-            summary_every=summary_every(args),
-        )
+        # a queue no sync wrote checks nothing: say so
+        await serve_here(args, queue, config, worker={"expect_synced": True})
     return EXIT_OK
 
 
