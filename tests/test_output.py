@@ -13,6 +13,7 @@ import pytest
 from .helpers import Watcher, wait_for
 from .origin import Origin
 
+PLAIN_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO r0 changed: ETag \S+ → \S+ \(200\)")
 SUMMARY = re.compile(r"[\d,]+ checks in \d+s \([\d,]+/s\)")
 
 
@@ -56,6 +57,10 @@ async def test_default_output_is_changes_failures_and_one_summary_for_all(
     assert code == 0, run.output
     for id in ("r0", "r1", "r2"):
         assert len(run.saying(f"{id} changed: ")) == 1, run.output  # once, not per notifier
+    # piped: plain one-line records, no padding, no markup
+    assert all(line == line.rstrip() for line in run.lines), run.output
+    [change] = run.saying("r0 changed: ")
+    assert PLAIN_RECORD.fullmatch(change), change
     assert not run.saying(" unchanged: "), run.output  # no line per check by default
     assert not run.saying("baseline"), run.output
     assert not run.saying("retrying: "), run.output  # attempts that are retried stay quiet

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import AuthenticationError
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from watcher import __version__
@@ -44,8 +43,8 @@ REDIS_CONNECT_TIMEOUT = 5.0
 """Seconds one attempt to reach Redis may take while waiting for it."""
 log = logging.getLogger("watcher")
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)  # a message is one line, however long (tables fit the width)
+errors = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 
 class CommandError(Exception):
@@ -240,15 +239,11 @@ def print_plan(plan: Any, config: Config, dry_run: bool) -> None:
     }
     shown = plan.steps[:200]
     if shown:
-        table = Table(show_edge=False, pad_edge=False, box=None)
-        table.add_column("")
-        table.add_column("resource")
-        table.add_column("what")
-        for step in shown:
+        width = max(len(step.id) for step in shown)
+        for step in shown:  # a line each, unpadded: the plan reads the same in a pipe
             mark, style = marks[step.action]
             what = ", ".join(step.fields) if step.action == "update" else step.note or step.action
-            table.add_row(Text(mark, style=style), step.id, what)
-        console.print(table)
+            console.print(Text.assemble((mark, style), f" {step.id.ljust(width)}  {what}"))
         if len(plan.steps) > len(shown):
             console.print(f"[dim]… and {len(plan.steps) - len(shown)} more")
     counts = {a: len(plan.of(a)) for a in ("create", "update", "remove", "conflict")}
