@@ -377,3 +377,22 @@ async def test_run_reloads_the_yaml_and_keeps_running_on_a_bad_edit(
         out, _ = run.communicate(timeout=30)
     assert run.returncode == 0, out
     assert "invalid" in out and "keeping the running configuration" in out
+
+
+def test_read_commands_in_an_empty_folder_start_nothing_and_say_so(tmp_path: Path) -> None:
+    for command in (["status"], ["status", "--json"], ["history"]):
+        done = watcher(*command, cwd=tmp_path)
+        assert done.returncode == 1, done
+        assert "no Redis to read" in done.stderr and "watcher run" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no .watcher/, no Redis started
+
+
+def test_usage_errors_exit_2_with_a_hint(tmp_path: Path, redis_url: str, queue_name: str) -> None:
+    check = watcher("check", "example.org", cwd=tmp_path)
+    assert check.returncode == 2 and "did you mean https://example.org?" in check.stderr
+    status = watcher("status", "--redis", "localhost:6379", cwd=tmp_path)
+    assert status.returncode == 2 and "did you mean redis://localhost:6379?" in status.stderr
+    history = watcher(
+        "history", "nosuchid", "--redis", redis_url, "--queue", queue_name, cwd=tmp_path
+    )
+    assert history.returncode == 2 and "no resource 'nosuchid'" in history.stderr

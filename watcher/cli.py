@@ -85,11 +85,24 @@ def configured_redis(args: argparse.Namespace, config: QueueSettings | Config | 
 
 @contextlib.asynccontextmanager
 async def open_queue(
-    args: argparse.Namespace, config: QueueSettings | Config | None, *, announce: bool = False
+    args: argparse.Namespace,
+    config: QueueSettings | Config | None,
+    *,
+    announce: bool = False,
+    read_only: bool = False,
 ) -> AsyncIterator[Queue]:
-    """The queue on the configured Redis, else on the embedded one (started if needed)."""
+    """The queue on the configured Redis, else on the embedded one: started if needed,
+    except for a read command (status, history), which says there is nothing to read."""
     url = configured_redis(args, config)
     server = None
+    if url is None and read_only:
+        url = running_embedded_redis()
+        if url is None:
+            where = f"`redis:` in {args.config}" if Path(args.config).exists() else args.config
+            raise CommandError(
+                f"no Redis to read: no {where}, no WATCHER_REDIS_URL or --redis, and no "
+                f"embedded Redis running in {EMBEDDED_DIR}/ (`watcher run` starts one)"
+            )
     if url is None:
         url, server = embedded_redis(announce)
     try:
@@ -157,23 +170,33 @@ def _why(exc: BaseException) -> str:
     return text[:1].lower() + text[1:]
 
 
+def running_embedded_redis() -> str | None:
+    """The URL of the embedded Redis another watcher process runs here, if it answers."""
+    url_file = EMBEDDED_DIR / "redis.url"
+    if not url_file.exists():
+        return None
+    url = url_file.read_text().strip()
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+    except Exception:
+        return None
+    return url
+
+
 def embedded_redis(announce: bool) -> tuple[str, RedisServer | None]:
     """Reuse the embedded Redis another watcher process started here, or start it."""
-    url_file = EMBEDDED_DIR / "redis.url"
-    if url_file.exists():
-        url = url_file.read_text().strip()
-        import redis
-
-        with contextlib.suppress(Exception):
-            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-            if announce:
-                console.print(f"[dim]using the embedded Redis at {url} (data in {EMBEDDED_DIR}/)")
-            return url, None
+    url = running_embedded_redis()
+    if url is not None:
+        if announce:
+            console.print(f"[dim]using the embedded Redis at {url} (data in {EMBEDDED_DIR}/)")
+        return url, None
     try:
         server = RedisServer(EMBEDDED_DIR / "redis", persist=True).start()
     except RedisServerError as exc:
         raise CommandError(str(exc)) from None
-    url_file.write_text(server.url)
+    (EMBEDDED_DIR / "redis.url").write_text(server.url)
     if announce:
         console.print(
             f"[bold]watcher {__version__}[/] started an embedded Redis at {server.url} "
@@ -493,7 +516,7 @@ def _optional_config(path: str) -> Config | None:
 async def cmd_status(args: argparse.Namespace) -> int:
     from watcher.status import collect, live, render, write_json
 
-    async with open_queue(args, _queue_settings(args.config)) as queue:
+    async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
         if args.live:
             with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
                 await live(queue, console, args.interval, args.limit)
@@ -513,8 +536,10 @@ def _queue_settings(path: str) -> QueueSettings | Config | None:
 
 
 async def cmd_history(args: argparse.Namespace) -> int:
-    async with open_queue(args, _queue_settings(args.config)) as queue:
+    async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
         changes = await queue.changes(args.id, args.limit)
+        if args.id and not changes and await queue.get_scheduler(args.id) is None:
+            raise UsageError(f"no resource {args.id!r} in queue {queue.name!r}")
     if args.json:
         print(json.dumps([c.to_dict() for c in changes], indent=2))
         return EXIT_OK
@@ -565,7 +590,7 @@ class UsageError(Exception):
 # -- argument parsing ---------------------------------------------------------------------
 
 EXAMPLES = {
-    "run": "examples:\n  watcher run\n  watcher -c prod.yaml run --concurrency 200",
+    "run": "examples:\n  watcher run\n  watcher run -c prod.yaml --concurrency 200 -q",
     "sync": "examples:\n  watcher sync --dry-run\n  WATCHER_REDIS_URL=redis://db:6379 watcher sync",
     "worker": "examples:\n  WATCHER_REDIS_URL=redis://db:6379 watcher worker --concurrency 100",
     "status": "examples:\n  watcher status\n  watcher status --live\n  watcher status --json | jq",
@@ -586,7 +611,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-c", "--config", default="watcher.yaml", help="YAML file (default: %(default)s)"
     )
-    common.add_argument("--redis", help="Redis URL (overrides WATCHER_REDIS_URL and the YAML)")
+    common.add_argument(
+        "--redis", type=_redis_url, help="Redis URL (overrides WATCHER_REDIS_URL and the YAML)"
+    )
     common.add_argument("--queue", default="watcher", help="queue name when there is no YAML")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -656,7 +683,7 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20, help="at most N changes (default: 20)")
     history.add_argument("--json", action="store_true", help="machine-readable output")
     check = add("check", "run one check now, in the foreground, without Redis", cmd_check)
-    check.add_argument("url", nargs="?", help="the URL to check")
+    check.add_argument("url", nargs="?", type=_http_url, help="the URL to check")
     check.add_argument("--id", help="a resource of the YAML instead of a URL")
     check.add_argument("--check", default="etag", help="check name (default: etag)")
     check.add_argument(
@@ -689,6 +716,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             Text(f"error: {type(exc).__name__}: {exc} (run with --debug for details)", style="red")
         )
         return EXIT_FAILURE
+
+
+def _redis_url(text: str) -> str:
+    if "://" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: did you mean redis://{text}?")
+    return text
+
+
+def _http_url(text: str) -> str:
+    if "://" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: did you mean https://{text}?")
+    return text
 
 
 def _positive(text: str) -> int:
