@@ -92,11 +92,11 @@ async def open_queue(
     read_only: bool = False,
 ) -> AsyncIterator[Queue]:
     """The queue on the configured Redis, else on the embedded one: started if needed,
-    except for a read command (status, history), which says there is nothing to read."""
+    except for a read command (status, history) where no data was kept: it says so."""
     url = configured_redis(args, config)
     server = None
-    if url is None and read_only:
-        url = running_embedded_redis()
+    if url is None and read_only and not (EMBEDDED_DIR / "redis").is_dir():
+        url = running_embedded_redis()  # nothing kept here: read only a running one
         if url is None:
             where = f"`redis:` in {args.config}" if Path(args.config).exists() else args.config
             raise CommandError(
