@@ -624,13 +624,11 @@ class Queue:
             raise QueueError(f"delay must be >= 0, got {delay!r}")
         if attempts < 1:
             raise QueueError(f"attempts must be >= 1, got {attempts!r}")
-        encoded = [dump_json("job data", dict(item)) for item in items]
+        delay_ms, most = str(round(delay * 1000)), str(attempts)
+        rows = [[name, dump_json("job data", dict(item)), delay_ms, most] for item in items]
         ids: list[str] = []
-        for start in range(0, len(encoded), chunk):
-            args: list[Any] = []
-            for data in encoded[start : start + chunk]:
-                args += [name, data, round(delay * 1000), attempts]
-            ids += await self._call("add", args)
+        for start in range(0, len(rows), chunk):
+            ids += await self._call("add", [_pack(rows[start : start + chunk])])
         return ids
 
     async def job(self, id: str) -> JobInfo | None:
