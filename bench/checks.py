@@ -1,28 +1,39 @@
 # ruff: noqa: E402  (sys.path is fixed before the imports, see below)
-"""Check benchmark: conditional checks per second, end to end, against bare HTTP client loops.
+"""Check benchmark: `watcher run` and `watcher worker` as a user runs them, next to bare HTTP
+client loops making the same conditional requests, in one run.
 
-    .venv/bin/python bench/checks.py [--quick] [--resources 5000] [--seconds 30] [--profile]
+    .venv/bin/python bench/checks.py [--quick] [--resources 6000] [--seconds 30] [--profile]
 
 Everything runs on 127.0.0.1: a local origin (bench/origin_app.py: raw ASGI on uvicorn +
 httptools, one process) serving N resources /r/<i>, each with an ETag (304 to a matching
 If-None-Match, no body), and a private redis-server (watcher.redis_server.RedisServer).
 
-Rows, each measured in its own process, over --windows windows (median reported):
-  watcher (concurrency C)   N schedulers `every: 1s`, check `etag`, and ONE worker process
-                            (`watcher.runner.serve(queue, concurrency=C, transport="aiohttp")`,
-                            which also ticks the schedulers): checks/s from the queue's
-                            `stat:completed` counter and from the origin's request count;
-                            fired and skipped ticks (the schedulers' count/skipped fields);
-                            fire and start lag (sampled from the newest finished jobs).
-  bare httpx / aiohttp / httpx over httpx-aiohttp (concurrency 50)
-                            a loop of the same conditional requests (If-None-Match with the
-                            ETag learned from the first 200 of each resource -> 304).
-CPU time per check: the measured process's utime+stime (/proc/<pid>/stat) over the window.
+The benchmark writes a watcher.yaml into a folder of its own (`redis:` the private server,
+N resources `every: 1s` on the origin, defaults for everything else) and runs the console
+script there (.venv/bin/watcher, no -c), on a pseudo-terminal of 200 columns, in a session of
+its own, once per row:
+  watcher run                           default flags: a worker process per CPU, default output
+  watcher run --processes 1 | --processes 2 | -q | -v
+  watcher worker                        default flags, after a `watcher sync`
+and, in the same run, bare client loops (one process, 50 tasks each): httpx.AsyncClient, the
+httpx API over httpx-aiohttp (watcher's make_client), aiohttp.ClientSession.
+
+The rows run in --windows rounds, each row once a round (so a burst of load from outside hits
+one window of every row, not all windows of one): a visit starts the command (or client),
+waits until it checks (the first watcher visit, on an empty Redis, until every resource had
+its first answer, a 200; a client until it knows every ETag), warms up, measures one window
+and stops it. Medians over the windows of:
+  checks/s        requests the origin served in the window (its /_stats counter)
+  CPU µs/check    utime+stime of every process in the command's session (the command and
+                  its worker processes, from /proc) over the window, divided by the checks
+  304 share       of the origin's answers in the window
+  output lines/s  lines the command printed on its terminal
+and the CPU used by the origin, redis-server, this script and the rest of the machine.
 
 Subprocess entry points (used by the benchmark itself):
-  --worker --redis URL --concurrency C [--profile FILE]   one watcher worker
-  --client KIND --origin URL --resources N --concurrency C  one bare client loop
-Prints a rich table and writes it as Markdown to bench/results-checks.md.
+  --client KIND --origin URL --resources N --concurrency C   one bare client loop
+  --profiled FILE WATCHER-ARGS...   the watcher command, cProfiled from its SIGUSR1 on
+Prints a rich table and writes it as Markdown to bench/results-checks.md (--output).
 """
 
 import sys
@@ -35,16 +46,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
+import atexit
 import contextlib
+import fcntl
 import itertools
 import json
 import os
 import pstats
+import re
+import shlex
+import shutil
 import signal
 import statistics
+import struct
 import sysconfig
 import tempfile
+import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,34 +88,68 @@ from bench.common import (
 
 RESULTS = BENCH / "results-checks.md"
 ORIGIN_APP = BENCH / "origin_app.py"
+WATCHER = str(Path(sys.executable).parent / "watcher")  # the console script beside python
 QUEUE_NAME = "bench"
-CLIENT_KINDS = ("httpx", "aiohttp", "httpx-aiohttp")
+CONCURRENCY = 50  # tasks of the bare loops (and watcher's default checks at once per process)
 CLIENT_LABELS = {
     "httpx": "bare httpx.AsyncClient (default transport)",
+    "httpx-aiohttp": "bare httpx API over httpx-aiohttp (make_client)",
     "aiohttp": "bare aiohttp.ClientSession",
-    "httpx-aiohttp": "httpx API over httpx-aiohttp (make_client)",
 }
-# the versions that the results file lists (besides python and redis-server)
-PACKAGES = (
-    "httpx",
-    "httpcore",
-    "httpx-aiohttp",
-    "aiohttp",
-    "sniffio",
-    "redis",
-    "hiredis",
-    "uvicorn",
-    "httptools",
-)
-TARGET_RATIO = 3.0
+COMMANDS = {
+    "run-p1": ["run", "--processes", "1"],
+    "run": ["run"],
+    "run-q": ["run", "-q"],
+    "run-p2": ["run", "--processes", "2"],
+    "run-v": ["run", "-v"],
+    "worker": ["worker"],
+}
+ROWS = (*CLIENT_LABELS, *COMMANDS)  # the order they run in and are shown
+PACKAGES = ("httpx", "httpcore", "httpx-aiohttp", "aiohttp", "redis", "hiredis", "uvicorn")
+TARGET_VS_HTTPX, TARGET_RATE, TARGET_ALL_CORES, TARGET_OUTPUT = 3.0, 2500, 1.5, 0.10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NPROC = len(os.sched_getaffinity(0))
+
+console = make_console()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def label(key: str) -> str:
+    if key in CLIENT_LABELS:
+        return CLIENT_LABELS[key]
+    text = f"`{shlex.join(['watcher', *COMMANDS[key]])}`"
+    if key == "run":
+        text += f" (defaults: {NPROC} processes)"
+    return text + (" (after `watcher sync`)" if key == "worker" else "")
+
+
+# -- processes: every one started in a session of its own, killed whatever happens ----------
+
+GROUPS: set[int] = set()
+"""Process groups started here. Each command leads a session of its own, so its worker
+processes (spawned, not detached) share its group: killing the group kills them all."""
+
+
+@atexit.register
+def kill_groups() -> None:
+    for group in list(GROUPS):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    GROUPS.clear()
+
+
+def processes() -> dict[int, tuple[int, float]]:
+    """Every process on the machine: pid -> (session id, utime + stime in seconds), from
+    /proc/<pid>/stat (the CPU of all the process's threads)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                text = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            fields = text[text.rindex(")") + 2 :].split()
+            out[int(name)] = (int(fields[3]), (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
 
 
 def machine_busy_seconds() -> float:
@@ -106,87 +159,110 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / CLK_TCK
 
 
-def resource_data(origin: str, i: int) -> dict[str, Any]:
-    """A scheduler's template data, as watcher.check.Resource.from_template reads it."""
-    return {
-        "id": f"r{i}",
-        "url": f"{origin}/r/{i}",
-        "method": "GET",
-        "headers": {},
-        "timeout": 10.0,
-        "options": {},
-        "notify": [],
-    }
+ANSI = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\r")
 
 
-async def raw_http(port: int, path: str, headers: dict[str, str] | None = None) -> tuple:
-    """One HTTP/1.1 exchange on a fresh socket with Connection: close, read to EOF:
-    (status, headers as a lower-cased dict, body bytes exactly as they came off the wire)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parsed = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        parsed[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), parsed, body
+class Terminal:
+    """A command on a pseudo-terminal (200 columns, TERM=xterm-256color) in a session of its
+    own: counts the lines it prints and keeps the first and the last bytes of its output."""
 
+    KEEP = 16384
 
-async def origin_stats(port: int) -> dict[str, int]:
-    status, _, body = await raw_http(port, "/_stats")
-    if status != 200:
-        raise BenchError(f"origin /_stats answered {status}")
-    return json.loads(body)
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        self.argv, self.cwd = argv, cwd
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines = 0
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.master = -1
 
-
-# -- subprocess: one watcher worker -------------------------------------------------------
-
-
-def worker_main(args: argparse.Namespace) -> int:
-    """One watcher worker process (ticks and runs checks) until SIGTERM.
-
-    With --profile FILE, cProfile starts at SIGUSR1 (sent when the measured window opens,
-    after the warm-up) and its stats are written to FILE at exit."""
-    import cProfile
-    import logging
-
-    from watcher.queue import Queue
-    from watcher.runner import serve
-
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    # CPU time, not wall time: the machine may be shared, and a preempted call is not slow
-    profile = cProfile.Profile(time.process_time) if args.profile else None
-
-    async def go() -> None:
-        if profile is not None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, profile.enable)
-        queue = Queue.from_url(args.redis, name=QUEUE_NAME)
+    async def start(self) -> None:
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
         try:
-            await serve(
-                queue,
-                concurrency=args.concurrency,
-                transport="aiohttp",
-                install_signal_handlers=True,
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                cwd=self.cwd,
+                env={**env, "TERM": "xterm-256color"},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=slave,
+                stderr=slave,
+                start_new_session=True,
             )
+        except BaseException:
+            os.close(master)
+            raise
         finally:
-            await queue.close()
+            os.close(slave)
+        GROUPS.add(self.proc.pid)
+        self.master = master
+        os.set_blocking(master, False)
+        asyncio.get_running_loop().add_reader(master, self.read)
 
-    asyncio.run(go())
-    if profile is not None:
-        profile.disable()
-        profile.dump_stats(args.profile)
-    return 0
+    def read(self) -> bool:
+        """Read what the terminal has; False when there was nothing (or it is closed)."""
+        if self.master < 0:
+            return False
+        try:
+            data = os.read(self.master, 65536)
+        except BlockingIOError:
+            return False
+        except OSError:  # EIO: every process that had the terminal open has exited
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.master)
+            os.close(self.master)
+            self.master = -1
+            return False
+        self.lines += data.count(b"\n")
+        if len(self.head) < self.KEEP:
+            self.head += data[: self.KEEP - len(self.head)]
+        self.tail += data
+        if len(self.tail) > 2 * self.KEEP:
+            del self.tail[: -self.KEEP]
+        return True
+
+    @staticmethod
+    def text(data: bytes | bytearray) -> list[str]:
+        lines = ANSI.sub(b"", bytes(data)).decode(errors="replace").split("\n")
+        return [line.strip() for line in lines if line.strip()]
+
+    def last(self, n: int) -> list[str]:
+        return self.text(self.tail[: self.tail.rfind(b"\n") + 1])[-n:] if n > 0 else []
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def exited(self) -> str:
+        code = self.proc.returncode if self.proc else None
+        return f"the command exited with code {code}: {' | '.join(self.last(3)) or '(no output)'}"
+
+    async def stop(self, grace: float = 30.0) -> int | None:
+        """SIGTERM to the command (it stops its own workers gracefully), then SIGKILL to
+        whatever is left of its process group; returns the command's exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
+        GROUPS.discard(self.proc.pid)
+        while self.read():
+            pass
+        if self.master >= 0:
+            asyncio.get_running_loop().remove_reader(self.master)
+            os.close(self.master)
+            self.master = -1
+        return self.proc.returncode
 
 
-# -- subprocess: one bare client loop -----------------------------------------------------
+# -- subprocesses: a bare client loop, a profiled watcher command --------------------------
 
 
 def client_main(args: argparse.Namespace) -> int:
@@ -202,20 +278,8 @@ async def client_loop(kind: str, origin: str, resources: int, concurrency: int) 
 
     urls = [f"{origin}/r/{i}" for i in range(resources)]
     etags: list[str | None] = [None] * resources
-    tally = {
-        "kind": kind,
-        "requests": 0,
-        "ok": 0,
-        "not_modified": 0,
-        "other": 0,
-        "errors": 0,
-        "body_bytes_304": 0,
-        "nonempty_304": 0,
-        "first_error": "",
-        "versions": package_versions(
-            "httpx", "httpcore", "anyio", "sniffio", "aiohttp", "httpx-aiohttp"
-        ),
-    }
+    tally = {"requests": 0, "ok": 0, "not_modified": 0, "other": 0, "errors": 0}
+    tally.update(body_bytes_304=0, nonempty_304=0, first_error="")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -248,12 +312,10 @@ async def client_loop(kind: str, origin: str, resources: int, concurrency: int) 
                     max_connections=concurrency, max_keepalive_connections=concurrency
                 )
                 client = httpx.AsyncClient(limits=limits, timeout=10.0)
-            elif kind == "httpx-aiohttp":
+            else:
                 from watcher.http import make_client
 
                 client = make_client(transport="aiohttp", max_connections=concurrency)
-            else:
-                raise SystemExit(f"unknown client kind {kind!r}")
             await stack.enter_async_context(client)
 
             async def one(i: int) -> tuple[int, str | None, int]:
@@ -292,6 +354,22 @@ async def client_loop(kind: str, origin: str, resources: int, concurrency: int) 
     return tally
 
 
+def profiled_main(path: str, argv: list[str]) -> int:
+    """The console script's `main(argv)` in this process, cProfiled (CPU time) from the
+    SIGUSR1 the benchmark sends when the measured window opens; the stats go to `path`."""
+    import cProfile
+
+    from watcher.cli import main as watcher_main
+
+    profile = cProfile.Profile(time.process_time)
+    signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
+    try:
+        return watcher_main(argv)
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
+
+
 # -- the orchestrator ---------------------------------------------------------------------
 
 
@@ -300,135 +378,176 @@ class Sizes:
     resources: int
     seconds: float  # measured seconds per row, split into `windows` windows
     windows: int
-    warmup: float  # seconds after the row is ready (every resource checked once)
+    warmup: float  # seconds after every resource's first answer
     ready_timeout: float
-
-
-@dataclass
-class Window:
-    seconds: float
-    checks: int  # completed runs (watcher) or origin requests (bare loops)
-    origin_requests: int
-    not_modified: int
-    body_bytes_304: int
-    cpu: dict[str, float]  # CPU seconds in the window: client, origin, redis, bench, machine
-
-    @property
-    def other_cpu(self) -> float:
-        """CPU seconds of processes outside this benchmark (other users of the machine)."""
-        ours = sum(self.cpu[k] for k in ("client", "origin", "redis", "bench"))
-        return max(0.0, self.cpu["machine"] - ours)
-
-    fired: int | None = None
-    skipped: int | None = None
-    memory: int | None = None
-    fire_lag: list[float] = field(default_factory=list)
-    start_lag: list[float] = field(default_factory=list)
-    failed: int = 0  # jobs failed (queue counter)
-    reruns: int = 0  # sampled finished jobs that needed more than one attempt
-    sampled: int = 0
-
-    @property
-    def rate(self) -> float:
-        return self.checks / self.seconds
-
-
-@dataclass
-class Row:
-    label: str
-    kind: str  # "watcher" or a client kind
-    concurrency: int
-    windows: list[Window] = field(default_factory=list)
-    tally: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    @property
-    def rate(self) -> float | None:
-        return statistics.median(w.rate for w in self.windows) if self.windows else None
-
-    def total(self, attr: str) -> float:
-        return sum(getattr(w, attr) or 0 for w in self.windows)
-
-    def cpu_share(self, process: str) -> float:
-        if process == "other":
-            return sum(w.other_cpu for w in self.windows) / self.total("seconds")
-        return sum(w.cpu[process] for w in self.windows) / self.total("seconds")
-
-    def cpu_us_per_check(self) -> float | None:
-        checks = self.total("checks")
-        return sum(w.cpu["client"] for w in self.windows) / checks * 1e6 if checks else None
-
-    def lag(self, attr: str, q: float) -> float | None:
-        values = sorted(v for w in self.windows for v in getattr(w, attr))
-        return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
 @dataclass
 class Snap:
     t: float
     origin: dict[str, int]
-    cpu: dict[str, float]
-    completed: int | None = None
-    failed: int = 0
-    fired: int | None = None
-    skipped: int | None = None
-    memory: int | None = None
+    procs: dict[int, tuple[int, float]]
+    machine: float
+    lines: int
+
+
+@dataclass
+class Window:
+    seconds: float
+    requests: int
+    not_modified: int
+    cpu: dict[str, float]  # CPU seconds: measured, origin, redis, bench, other, machine
+    procs: int  # processes in the measured command's session
+    lines: int  # lines the command printed
+    load: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def share(self, who: str) -> float:
+        """CPU of `who` as a share of one CPU."""
+        return self.cpu[who] / self.seconds
+
+    @property
+    def us_per_check(self) -> float | None:
+        return self.cpu["measured"] / self.requests * 1e6 if self.requests else None
+
+
+@dataclass
+class Row:
+    key: str
+    windows: list[Window] = field(default_factory=list)
+    tally: dict[str, Any] = field(default_factory=dict)  # a bare loop's own counts
+    start_lines: int = 0  # lines the command printed before the windows
+    start_last: str = ""  # the last of them
+    printed: list[str] = field(default_factory=list)  # the last lines printed in the windows
+    exit_codes: list[int | None] = field(default_factory=list)  # after SIGTERM, each visit
+    error: str | None = None
+    skipped: str | None = None
+
+    @property
+    def label(self) -> str:
+        return label(self.key)
+
+    @property
+    def watcher(self) -> bool:
+        return self.key in COMMANDS
+
+    def median(self, value: Callable[[Window], float | None]) -> float | None:
+        values = [v for w in self.windows if (v := value(w)) is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def rate(self) -> float | None:
+        return self.median(lambda w: w.rate)
+
+    @property
+    def us_per_check(self) -> float | None:
+        return self.median(lambda w: w.us_per_check)
+
+
+async def raw_http(port: int, path: str, headers: dict[str, str] | None = None) -> tuple:
+    """One HTTP/1.1 exchange on a fresh socket with Connection: close, read to EOF:
+    (status, headers as a lower-cased dict, body bytes exactly as they came off the wire)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), parsed, body
+
+
+async def origin_stats(port: int) -> dict[str, int]:
+    status, _, body = await raw_http(port, "/_stats")
+    if status != 200:
+        raise BenchError(f"origin /_stats answered {status}")
+    return json.loads(body)
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, sizes: Sizes) -> None:
-        self.args = args
+    def __init__(self, sizes: Sizes) -> None:
         self.sizes = sizes
+        self.folder = Path(tempfile.mkdtemp(prefix="watcher-bench-checks-"))
         self.origin_port = free_port()
         self.origin_url = f"http://127.0.0.1:{self.origin_port}"
-        self.origin_proc: asyncio.subprocess.Process | None = None
+        self.origin: asyncio.subprocess.Process | None = None
         self.redis_server: Any = None
-        self.queue: Any = None
-        self.logs = Path(tempfile.mkdtemp(prefix="watcher-bench-checks-"))
-        self.ids = [f"r{i}" for i in range(sizes.resources)]
+        self.redis: Any = None
         self.verification: list[str] = []
-        self.profile_lines: list[str] = []
+        self.first_visit = True  # Redis is empty until the first watcher row
 
     # -- processes ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        from watcher.queue import Queue
+        import redis.asyncio
+
         from watcher.redis_server import RedisServer
 
-        log = (self.logs / "origin.log").open("wb")
-        self.origin_proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ORIGIN_APP),
-            "--port",
-            str(self.origin_port),
-            "--resources",
-            str(self.sizes.resources),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
+        with (self.folder / "origin.log").open("wb") as log:
+            self.origin = await asyncio.create_subprocess_exec(
+                *[sys.executable, str(ORIGIN_APP), "--port", str(self.origin_port)],
+                *["--resources", str(self.sizes.resources)],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        GROUPS.add(self.origin.pid)
         deadline = time.monotonic() + 20
         while True:
             try:
                 await origin_stats(self.origin_port)
                 break
             except OSError:
-                if self.origin_proc.returncode is not None or time.monotonic() > deadline:
-                    reason = tail(self.logs / "origin.log")
+                if self.origin.returncode is not None or time.monotonic() > deadline:
+                    reason = last_lines((self.folder / "origin.log").read_text(), 3)
                     raise BenchError(f"the origin did not start: {reason}") from None
                 await asyncio.sleep(0.05)
-        self.redis_server = RedisServer().start()
-        self.queue = Queue.from_url(self.redis_server.url, name=QUEUE_NAME)
+        self.redis_server = RedisServer()
+        self.redis_server.start()
+        GROUPS.add(self.redis_server.process.pid)  # it leads a session of its own
+        self.redis = redis.asyncio.Redis.from_url(self.redis_server.url)
+        lines = [
+            "# written by bench/checks.py",
+            f"redis: {self.redis_server.url}",
+            f"queue: {QUEUE_NAME}",
+            "defaults:",
+            "  every: 1s",
+            "resources:",
+        ]
+        for i in range(self.sizes.resources):
+            lines += [f"  - id: r{i}", f"    url: {self.origin_url}/r/{i}"]
+        (self.folder / "watcher.yaml").write_text("\n".join(lines) + "\n")
 
     async def stop(self) -> None:
-        if self.queue is not None:
+        if self.redis is not None:
             with contextlib.suppress(Exception):
-                await self.queue.redis.flushall()
-            await self.queue.close()
-        if self.redis_server is not None:
+                await self.redis.aclose()
+        if self.redis_server is not None and self.redis_server.process is not None:
+            pid = self.redis_server.process.pid
             self.redis_server.cleanup()
-        if self.origin_proc is not None and self.origin_proc.returncode is None:
-            await terminate(self.origin_proc)
+            GROUPS.discard(pid)
+        if self.origin is not None:
+            if self.origin.returncode is None:
+                self.origin.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.origin.wait(), 10)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.origin.pid, signal.SIGKILL)
+            await self.origin.wait()
+            GROUPS.discard(self.origin.pid)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- verification -------------------------------------------------------------------
 
@@ -462,210 +581,152 @@ class Bench:
             "`num_bytes_downloaded == 0`"
         )
 
+    async def accepts(self, argv: list[str]) -> bool:
+        """Whether the console script takes these arguments (`--help` exits 0 if so)."""
+        proc = await asyncio.create_subprocess_exec(
+            WATCHER,
+            *argv,
+            "--help",
+            cwd=self.folder,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await proc.wait() == 0
+
     # -- measurement --------------------------------------------------------------------
 
-    async def snapshot(self, pid: int, watcher: bool) -> Snap:
-        assert self.origin_proc is not None and self.redis_server is not None
-        snap = Snap(
-            t=time.monotonic(),
-            origin=await origin_stats(self.origin_port),
-            cpu={
-                "client": cpu_seconds(pid),
-                "origin": cpu_seconds(self.origin_proc.pid),
-                "redis": cpu_seconds(self.redis_server.process.pid),
-                "bench": cpu_seconds(os.getpid()),
-                "machine": machine_busy_seconds(),
-            },
+    async def snapshot(self, term: Terminal) -> Snap:
+        origin = await origin_stats(self.origin_port)
+        return Snap(time.monotonic(), origin, processes(), machine_busy_seconds(), term.lines)
+
+    def window(self, a: Snap, b: Snap, term: Terminal) -> Window:
+        assert term.proc and self.origin and self.redis_server.process
+
+        def session(sid: int) -> tuple[float, int]:
+            """CPU seconds used in the window by the processes of session `sid` (a process
+            born in the window counts from its start), and how many there are now."""
+            cpu, count = 0.0, 0
+            for pid, (session_id, seconds) in b.procs.items():
+                if session_id == sid:
+                    count += 1
+                    old = a.procs.get(pid)
+                    cpu += seconds - (old[1] if old and old[0] == sid else 0.0)
+            return cpu, count
+
+        measured, count = session(term.proc.pid)
+        me = os.getpid()
+        cpu = {
+            "measured": measured,
+            "origin": session(self.origin.pid)[0],
+            "redis": session(self.redis_server.process.pid)[0],
+            "bench": b.procs[me][1] - a.procs[me][1],
+            "machine": b.machine - a.machine,
+        }
+        cpu["other"] = max(0.0, cpu["machine"] - sum(cpu[k] for k in COLUMNS_CPU[:4]))
+        return Window(
+            seconds=b.t - a.t,
+            requests=b.origin["requests"] - a.origin["requests"],
+            not_modified=b.origin["not_modified"] - a.origin["not_modified"],
+            cpu=cpu,
+            procs=count,
+            lines=b.lines - a.lines,
+            load=load_average(),
         )
-        if watcher:
-            counts = await self.queue.counts()
-            snap.completed, snap.failed = counts["completed"], counts["failed"]
-            fields = await self.queue.scheduler_fields(["count", "skipped"], self.ids)
-            snap.fired = sum(int(c or 0) for c, _ in fields.values())
-            snap.skipped = sum(int(s or 0) for _, s in fields.values())
-            snap.memory = int((await self.queue.redis.info("memory"))["used_memory"])
-        return snap
 
-    async def sample_finished(self, window: Window) -> None:
-        """Fire lag (job created - planned slot), start lag (started - planned slot), in ms,
-        and attempts, of the newest finished jobs (the queue keeps the newest 1,000 ids)."""
-        redis = self.queue.redis
-        ids = await redis.lrange(self.queue.key("finished"), 0, -1)
-        async with redis.pipeline(transaction=False) as pipe:
-            for jid in ids:
-                pipe.hmget(self.queue.key(f"job:{jid}"), ["at", "created", "started", "att"])
-            replies = await pipe.execute()
-        for at, created, started, attempt in replies:
-            if at and created and started:
-                window.fire_lag.append(float(created) - float(at))
-                window.start_lag.append(float(started) - float(at))
-                window.sampled += 1
-                window.reruns += int(attempt or 1) > 1
-
-    async def measure(self, pid: int, watcher: bool, proc: Any) -> list[Window]:
-        windows = []
-        window_s = self.sizes.seconds / self.sizes.windows
-        before = await self.snapshot(pid, watcher)
-        for _ in range(self.sizes.windows):
-            await asyncio.sleep(window_s)
-            if proc.returncode is not None:
-                raise BenchError(f"the measured process exited with code {proc.returncode}")
-            after = await self.snapshot(pid, watcher)
-            requests = after.origin["requests"] - before.origin["requests"]
-            window = Window(
-                seconds=after.t - before.t,
-                checks=(after.completed - before.completed) if watcher else requests,
-                origin_requests=requests,
-                not_modified=after.origin["not_modified"] - before.origin["not_modified"],
-                body_bytes_304=after.origin["body_bytes_304"] - before.origin["body_bytes_304"],
-                cpu={k: after.cpu[k] - before.cpu[k] for k in after.cpu},
-            )
-            if watcher:
-                window.fired = after.fired - before.fired
-                window.skipped = after.skipped - before.skipped
-                window.memory = after.memory - before.memory
-                window.failed = after.failed - before.failed
-                await self.sample_finished(window)
-            windows.append(window)
-            console.print(f"    window: {describe_window(window, watcher)}")
-            before = await self.snapshot(pid, watcher) if watcher else after
-        return windows
+    async def measure(self, term: Terminal) -> Window:
+        before = await self.snapshot(term)
+        await asyncio.sleep(self.sizes.seconds / self.sizes.windows)
+        if not term.running:
+            raise BenchError(term.exited())
+        window = self.window(before, await self.snapshot(term), term)
+        console.print(f"    window: {escape(describe_window(window))}")
+        return window
 
     # -- rows ---------------------------------------------------------------------------
 
-    async def run_watcher(self, concurrency: int, profile: Path | None = None) -> Row:
-        from watcher.queue import SchedulerSpec
-
-        row = Row(f"watcher worker (concurrency {concurrency})", "watcher", concurrency)
+    async def run_watcher(self, row: Row, profile: Path | None = None) -> None:
+        """One window of `watcher ARGS`, run in the folder of the YAML. The first visit of
+        the first row starts from an empty Redis: it waits for every resource's first answer
+        (a 200); later visits find the ETags in Redis and wait for the first check."""
+        argv = COMMANDS[row.key]
         n = self.sizes.resources
-        await self.queue.redis.flushall()
-        t0 = time.perf_counter()
-        await self.queue.upsert_schedulers(
-            SchedulerSpec(id=f"r{i}", name="etag", data=resource_data(self.origin_url, i), every=1)
-            for i in range(n)
-        )
-        console.print(
-            f"[bold]{row.label}[/]: {n:,} schedulers every 1 s upserted in "
-            f"{time.perf_counter() - t0:.2f} s; starting the worker"
-        )
-        log_path = self.logs / f"worker-{concurrency}{'-profile' if profile else ''}.log"
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker"]
-        command += ["--redis", self.redis_server.url, "--concurrency", str(concurrency)]
-        if profile is not None:
-            command += ["--profile-file", str(profile)]
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+        console.print(f"[bold]{escape(row.label)}[/]: {n:,} resources")
+        if argv[0] == "worker":
+            sync = await asyncio.create_subprocess_exec(
+                WATCHER,
+                "sync",
+                cwd=self.folder,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
             )
+            out, _ = await sync.communicate()
+            if sync.returncode:
+                raise BenchError(f"watcher sync: {last_lines(out.decode(errors='replace'), 2)}")
+            console.print(f"  watcher sync: {escape(last_lines(out.decode(errors='replace')))}")
+        command = [WATCHER, *argv]
+        if profile is not None:
+            command = [sys.executable, str(Path(__file__).resolve()), "--profiled", str(profile)]
+            command += argv
+        first = await origin_stats(self.origin_port)
+        baselines = n if self.first_visit else 0
+        self.first_visit = False
+        term = Terminal(command, self.folder)
+        await term.start()
         try:
             deadline = time.monotonic() + self.sizes.ready_timeout
-            while (completed := (await self.queue.counts())["completed"]) < n:
-                if proc.returncode is not None:
-                    raise BenchError(f"worker exited ({proc.returncode}): {tail(log_path)}")
+            while True:
+                now = await origin_stats(self.origin_port)
+                if now["ok"] - first["ok"] >= baselines and now["requests"] > first["requests"]:
+                    break
+                if not term.running:
+                    raise BenchError(term.exited())
                 if time.monotonic() > deadline:
-                    raise BenchError(f"only {completed:,} of {n:,} baseline runs completed")
+                    raise BenchError(f"not ready in {self.sizes.ready_timeout:g} s")
                 await asyncio.sleep(0.2)
             await asyncio.sleep(self.sizes.warmup)
             if profile is not None:
-                proc.send_signal(signal.SIGUSR1)
-            row.windows = await self.measure(proc.pid, True, proc)
+                term.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+            row.start_lines, row.start_last = term.lines, (term.last(1) or [""])[0]
+            row.windows.append(await self.measure(term))
+            row.printed = term.last(min(2, term.lines - row.start_lines))
         finally:
-            code = await terminate(proc)
-        if code not in (0, None):
-            console.print(f"  [yellow]worker exit code {code}: {escape(tail(log_path))}[/]")
-        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line]
-        row.tally["lease_lost_lines"] = sum("lease lost" in line for line in lines)
-        others = [line for line in lines if "lease lost" not in line]
-        row.tally["other_log_lines"] = len(others)
-        row.tally["other_log_first"] = others[0][:200] if others else ""
-        return row
+            row.exit_codes.append(await term.stop())
 
-    async def run_client(self, kind: str, concurrency: int) -> Row:
-        row = Row(f"{CLIENT_LABELS[kind]} (concurrency {concurrency})", kind, concurrency)
-        console.print(f"[bold]{row.label}[/]: learning {self.sizes.resources:,} ETags")
-        log_path = self.logs / f"client-{kind}.log"
-        command = [sys.executable, str(Path(__file__).resolve()), "--client", kind]
+    async def run_client(self, row: Row) -> None:
+        """One window of a bare client loop (which learns every ETag first)."""
+        console.print(f"[bold]{escape(row.label)}[/]: learning {self.sizes.resources:,} ETags")
+        command = [sys.executable, str(Path(__file__).resolve()), "--client", row.key]
         command += ["--origin", self.origin_url, "--resources", str(self.sizes.resources)]
-        command += ["--concurrency", str(concurrency)]
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-            )
-        assert proc.stdout is not None
+        term = Terminal([*command, "--concurrency", str(CONCURRENCY)], self.folder)
+        await term.start()
         try:
-            try:
-                line = await asyncio.wait_for(proc.stdout.readline(), self.sizes.ready_timeout)
-            except TimeoutError:
-                raise BenchError("the client did not learn every ETag in time") from None
-            if line.strip() != b"ready":
-                raise BenchError(f"client failed: {tail(log_path)}")
+            deadline = time.monotonic() + self.sizes.ready_timeout
+            while b"ready" not in term.head:
+                if not term.running:
+                    raise BenchError(term.exited())
+                if time.monotonic() > deadline:
+                    raise BenchError("the client did not learn every ETag in time")
+                await asyncio.sleep(0.1)
             await asyncio.sleep(self.sizes.warmup)
-            row.windows = await self.measure(proc.pid, False, proc)
+            row.windows.append(await self.measure(term))
         finally:
-            await terminate(proc)
-        out = (await proc.stdout.read()).decode().strip().splitlines()
-        if not out:
-            raise BenchError(f"client printed no tallies: {tail(log_path)}")
-        row.tally = json.loads(out[-1])
-        return row
+            row.exit_codes.append(await term.stop())
+        last = term.last(1)
+        if not last or not last[0].startswith("{"):
+            raise BenchError(f"the client printed no tallies: {term.exited()}")
+        for key, value in json.loads(last[0]).items():
+            if isinstance(value, int):
+                row.tally[key] = row.tally.get(key, 0) + value
+            elif value and not row.tally.get(key):
+                row.tally[key] = value
 
-    async def profile(self, concurrency: int) -> None:
-        path = self.logs / f"worker-{concurrency}.prof"
-        console.print(f"[bold]profile[/]: cProfile in the worker, concurrency {concurrency}")
-        windows, self.sizes.windows = self.sizes.windows, 1
-        seconds, self.sizes.seconds = self.sizes.seconds, self.sizes.seconds / windows
-        try:
-            row = await self.run_watcher(concurrency, profile=path)
-        finally:
-            self.sizes.windows, self.sizes.seconds = windows, seconds
-        checks = int(row.total("checks"))
-        self.profile_lines = profile_report(path, checks, row)
-        self.profile_lines += await self.tick_cost(min(8.0, seconds / windows))
-
-    async def tick_cost(self, seconds: float) -> list[str]:
-        """CPU per scheduler tick, measured without a profiler: this process calls the
-        ticker's step (`Ticker.tick`, as its loop does) for `seconds` with nobody
-        taking jobs, so every tick after a scheduler's first is skipped, as under overload."""
-        from watcher.queue import SchedulerSpec
-        from watcher.ticker import Ticker
-
-        console.print(f"[bold]tick cost[/]: {self.sizes.resources:,} schedulers, {seconds:g} s")
-        n = self.sizes.resources
-        await self.queue.redis.flushall()
-        await self.queue.upsert_schedulers(
-            SchedulerSpec(id=f"r{i}", name="etag", data=resource_data(self.origin_url, i), every=1)
-            for i in range(n)
-        )
-        ticker = Ticker(self.queue, batch=500)
-        redis_pid = self.redis_server.process.pid
-        cpu0, redis0, t0 = time.process_time(), cpu_seconds(redis_pid), time.monotonic()
-        calls = 0
-        while time.monotonic() - t0 < seconds:
-            wait = await ticker.tick()
-            calls += 1
-            if wait > 0:
-                await asyncio.sleep(wait)
-        cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
-        redis_cpu = cpu_seconds(redis_pid) - redis0
-        fields = await self.queue.scheduler_fields(["name", "count", "skipped"], self.ids)
-        fired = sum(int(c or 0) for _, c, _ in fields.values())
-        skipped = sum(int(k or 0) for _, _, k in fields.values())
-        ticks = max(fired + skipped, 1)
-        await self.queue.redis.flushall()
-        return [
-            "",
-            "Tick cost without a profiler (this script calling `Ticker.tick()` in a loop, "
-            f"as the worker's tick loop does, for {wall:.1f} s; {n:,} schedulers every 1 s; "
-            "no worker taking jobs, so after its first run every scheduler's ticks are "
-            f"skipped): {ticks:,} ticks ({fired:,} fired, {skipped:,} skipped), {calls:,} "
-            f"`_tick` calls ({ticks / calls:.1f} schedulers per call); Python CPU "
-            f"{cpu / ticks * 1e6:.1f} µs per tick = {cpu / wall:.0%} of a CPU at "
-            f"{ticks / wall:,.0f} ticks/s; redis-server {redis_cpu / ticks * 1e6:.1f} µs per "
-            f"tick = {redis_cpu / wall:.0%} of a CPU.",
-        ]
+    async def profile(self) -> list[str]:
+        path = self.folder / "watcher-run.prof"
+        row = Row("run-p1")
+        await self.run_watcher(row, profile=path)
+        return profile_report(path, row)
 
 
 # A profiled function's file is shown from below the first of these: site-packages (first:
@@ -675,11 +736,12 @@ IN_REPO = f"{REPO}/"
 STDLIB = f"{sysconfig.get_paths()['stdlib']}/"
 
 
-def profile_report(path: Path, checks: int, row: Row) -> list[str]:
-    """Top functions by own time and the per-check cumulative cost of watcher's steps."""
+def profile_report(path: Path, row: Row) -> list[str]:
+    """Top functions by own time, and own time by package."""
     stats = pstats.Stats(str(path))
     entries = stats.stats  # type: ignore[attr-defined]
     total = sum(tt for (_, _, tt, _, _) in entries.values())
+    checks = max(sum(w.requests for w in row.windows), 1)
 
     def name(func: tuple[str, int, str]) -> str:
         filename, line, fn = func
@@ -691,13 +753,14 @@ def profile_report(path: Path, checks: int, row: Row) -> list[str]:
                 break
         return f"{filename}:{line} {fn}"
 
-    rate = row.rate or 0
     lines = [
-        f"cProfile of the worker process during one {row.total('seconds'):.0f} s window at "
-        f"concurrency {row.concurrency}: {checks:,} checks ({rate:,.0f}/s under the profiler), "
-        f"{total:.2f} s of profiled CPU (timer: process CPU time), "
-        f"{total / max(checks, 1) * 1e6:,.0f} µs per check (cProfile inflates every call; "
-        "compare shares, not absolutes; a coroutine counts one call per resumption).",
+        f"cProfile of `watcher run --processes 1` (the console script's `main()` under "
+        f"cProfile, started by SIGUSR1 when the window opened) over one "
+        f"{sum(w.seconds for w in row.windows):.0f} s window: {checks:,} checks "
+        f"({row.rate or 0:,.0f}/s under the profiler), {total:.2f} s of profiled CPU (timer: "
+        f"process CPU time), {total / checks * 1e6:,.0f} µs per check (cProfile inflates "
+        "every call: compare shares, not absolutes; a coroutine counts one call per "
+        "resumption).",
         "",
         "Top 25 by own time (tottime):",
         "",
@@ -707,8 +770,8 @@ def profile_report(path: Path, checks: int, row: Row) -> list[str]:
     top = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)[:25]
     for func, (_cc, nc, tt, ct, _callers) in top:
         lines.append(
-            f"| {tt:.2f} | {tt / total:.1%} | {tt / max(checks, 1) * 1e6:.1f} | "
-            f"{nc / max(checks, 1):.2f} | {ct:.2f} | `{name(func)}` |"
+            f"| {tt:.2f} | {tt / total:.1%} | {tt / checks * 1e6:.1f} | {nc / checks:.2f} | "
+            f"{ct:.2f} | `{name(func)}` |"
         )
     groups: dict[str, float] = {}
     for func, (_cc, _nc, tt, _ct, _callers) in entries.items():
@@ -716,47 +779,13 @@ def profile_report(path: Path, checks: int, row: Row) -> list[str]:
         groups[group] = groups.get(group, 0.0) + tt
     lines += [
         "",
-        "Own time by package (where the worker's CPU goes):",
+        "Own time by package (where the process's CPU goes):",
         "",
         "| package | own s | share | µs/check |",
         "| --- | ---: | ---: | ---: |",
     ]
     for group, tt in sorted(groups.items(), key=lambda item: item[1], reverse=True)[:14]:
-        lines.append(f"| {group} | {tt:.2f} | {tt / total:.1%} | {tt / max(checks, 1) * 1e6:.1f} |")
-    steps = {
-        ("watcher/ticker.py", "tick"): "tick: due + next_slot + fire (all schedulers)",
-        ("watcher/queue.py", "take"): "fetch: take script + Job objects",
-        ("watcher/queue.py", "wait_for_work"): "fetch: idle wait (BLPOP)",
-        ("watcher/worker.py", "_run"): "run: handler (check) + _finish",
-        ("watcher/runner.py", "run"): "run: CheckRunner.run",
-        ("watcher/runner.py", "_complete"): "run: CheckRunner._complete",
-        ("watcher/check.py", "from_template"): "run: Resource.from_template",
-        ("checks/etag.py", "check"): "run: etag check",
-        ("watcher/fetch.py", "_send"): "run: build_request + client.send",
-        ("httpx/_client.py", "build_request"): "run: httpx build_request",
-        ("httpx/_models.py", "extract_cookies"): "run: httpx Cookies.extract_cookies",
-        ("watcher/worker.py", "_finish"): "run: Worker._finish (JSON encoding)",
-        ("watcher/worker.py", "flush"): "finish: finish script",
-        ("watcher/keeper.py", "extend_leases"): "keep: extend leases",
-        ("watcher/keeper.py", "heartbeat"): "keep: heartbeat",
-        ("watcher/queue.py", "_call"): "all scripts: Queue._call",
-        ("redis/asyncio/connection.py", "pack_command"): "all Redis calls: pack_command",
-        ("watcher/schedule.py", "next_slot"): "tick: Schedule.next_slot",
-    }
-    lines += [
-        "",
-        "watcher's steps, cumulative (a step's own code plus what it calls, while it runs):",
-        "",
-        "| step | function | cum s | share | µs/check | calls/check |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for (file_part, fn), label in steps.items():
-        for func, (_cc, nc, _tt, ct, _callers) in entries.items():
-            if func[2] == fn and func[0].endswith(file_part):
-                lines.append(
-                    f"| {label} | `{name(func)}` | {ct:.2f} | {ct / total:.1%} | "
-                    f"{ct / max(checks, 1) * 1e6:.1f} | {nc / max(checks, 1):.2f} |"
-                )
+        lines.append(f"| {group} | {tt:.2f} | {tt / total:.1%} | {tt / checks * 1e6:.1f} |")
     return lines
 
 
@@ -771,180 +800,178 @@ def package_of(filename: str, function: str) -> str:
     return filename
 
 
-async def terminate(proc: Any, timeout: float = 20.0) -> int | None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    return proc.returncode
-
-
-def tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return last_lines(text, lines) or "(empty log)"
-
-
 # -- output -------------------------------------------------------------------------------
 
-console = make_console()
-
-
-def describe_window(w: Window, watcher: bool) -> str:
-    share = w.not_modified / w.origin_requests if w.origin_requests else 0
-    text = (
-        f"{w.rate:,.0f} checks/s, origin {w.origin_requests / w.seconds:,.0f} req/s, "
-        f"304 {share:.1%}, CPU client {w.cpu['client'] / w.seconds:.0%} "
-        f"origin {w.cpu['origin'] / w.seconds:.0%} redis {w.cpu['redis'] / w.seconds:.0%} "
-        f"other processes {w.other_cpu / w.seconds:.0%}"
-    )
-    if watcher:
-        fired, skipped = (w.fired or 0) / w.seconds, (w.skipped or 0) / w.seconds
-        text += f", fired {fired:,.0f}/s, skipped {skipped:,.0f}/s"
-    return text
+COLUMNS_CPU = ("measured", "origin", "redis", "bench", "other")
+HEADER = [
+    "command / client",
+    "checks/s",
+    "range",
+    "vs bare httpx",
+    "304 share",
+    "CPU µs/check",
+    "procs",
+    "its CPU",
+    "origin CPU",
+    "redis CPU",
+    "bench CPU",
+    "other CPU",
+    "machine busy",
+    "output lines/s",
+]
 
 
 def fmt(value: float | None, spec: str = ",.0f", suffix: str = "") -> str:
     return "" if value is None else f"{value:{spec}}{suffix}"
 
 
-HEADER = [
-    "configuration",
-    "checks/s",
-    "range",
-    "vs bare httpx",
-    "origin req/s",
-    "304 share",
-    "CPU µs/check",
-    "1-CPU ceiling/s",
-    "client CPU",
-    "origin CPU",
-    "redis CPU",
-    "other procs CPU",
-    "fired/s",
-    "skipped/s",
-    "start lag p50/p99 ms",
-]
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def describe_window(w: Window) -> str:
+    share = w.not_modified / w.requests if w.requests else 0
+    cpu = " ".join(f"{k} {w.share(k):.0%}" for k in COLUMNS_CPU).replace("measured", "it")
+    return (
+        f"{w.rate:,.0f} checks/s, 304 {share:.1%}, {fmt(w.us_per_check)} µs/check, "
+        f"{w.procs} procs, CPU {cpu}, machine busy {w.share('machine') / NPROC:.0%}, "
+        f"{w.lines / w.seconds:,.1f} lines/s, load {w.load:.2f}"
+    )
 
 
 def table_rows(rows: list[Row]) -> list[list[str]]:
-    base = next((r.rate for r in rows if r.kind == "httpx" and r.rate), None)
+    base = next((r.rate for r in rows if r.key == "httpx" and r.rate), None)
     body = []
     for row in rows:
-        if row.error or not row.windows:
-            reason = (row.error or "no windows").split(" | ")[-1].strip()
-            body.append([row.label, f"failed: {reason[:60]}", *[""] * (len(HEADER) - 2)])
+        if row.error or row.skipped or not row.windows:
+            reason = row.skipped or (row.error or "no windows").split(" | ")[0]
+            why = "not run" if row.skipped else "failed"
+            body.append([row.label, f"{why}: {reason[:70]}", *[""] * (len(HEADER) - 2)])
             continue
         rates = [w.rate for w in row.windows]
-        seconds = row.total("seconds")
-        origin_rate = statistics.median(w.origin_requests / w.seconds for w in row.windows)
-        share = row.total("not_modified") / max(row.total("origin_requests"), 1)
-        watcher = row.kind == "watcher"
-        lag = ""
-        if watcher and row.lag("start_lag", 0.5) is not None:
-            lag = f"{row.lag('start_lag', 0.5):,.0f} / {row.lag('start_lag', 0.99):,.0f}"
+        share = sum(w.not_modified for w in row.windows) / max(
+            sum(w.requests for w in row.windows), 1
+        )
         body.append(
             [
                 row.label,
                 fmt(row.rate),
                 f"{min(rates):,.0f}-{max(rates):,.0f}",
                 fmt(row.rate / base if base and row.rate else None, ".2f", "x"),
-                fmt(origin_rate),
                 f"{share:.1%}",
-                fmt(row.cpu_us_per_check()),
-                fmt(1e6 / row.cpu_us_per_check() if row.cpu_us_per_check() else None),
-                f"{row.cpu_share('client'):.0%}",
-                f"{row.cpu_share('origin'):.0%}",
-                f"{row.cpu_share('redis'):.0%}",
-                f"{row.cpu_share('other'):.0%}",
-                fmt(row.total("fired") / seconds) if watcher else "",
-                fmt(row.total("skipped") / seconds) if watcher else "",
-                lag,
+                fmt(row.us_per_check),
+                fmt(row.median(lambda w: w.procs)),
+                *(percent(row.median(lambda w, k=k: w.share(k))) for k in COLUMNS_CPU),
+                percent(row.median(lambda w: w.share("machine") / NPROC)),
+                fmt(row.median(lambda w: w.lines / w.seconds), ",.1f") if row.watcher else "",
             ]
         )
     return body
 
 
-def show(rows: list[Row], sizes: Sizes) -> None:
-    title = (
-        f"Conditional checks, {sizes.resources:,} resources, median of {sizes.windows} "
-        f"windows of {sizes.seconds / sizes.windows:g} s"
-    )
-    console.print(rich_table(title, HEADER, table_rows(rows)))
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
-def target_line(rows: list[Row], offered: int) -> str:
-    base = next((r.rate for r in rows if r.kind == "httpx" and r.rate), None)
-    watchers = [r for r in rows if r.kind == "watcher" and r.rate]
-    if not base or not watchers:
-        return "target (watcher ≥ 3x bare httpx): not measured"
-    best = max(watchers, key=lambda r: r.rate or 0)
-    ratio = (best.rate or 0) / base
-    verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
-    text = (
-        f"target (watcher ≥ {TARGET_RATIO:g}x bare httpx): {verdict}: best watcher row "
-        f"({best.label}) {best.rate:,.0f} checks/s = {ratio:.2f}x bare httpx {base:,.0f} req/s"
-    )
-    httpx_row = next(r for r in rows if r.kind == "httpx" and r.rate)
-    base_cpu, best_cpu = httpx_row.cpu_us_per_check(), best.cpu_us_per_check()
-    if base_cpu and best_cpu:
-        text += (
-            f"; per CPU second (1-CPU ceilings, less sensitive to other load on the machine): "
-            f"{1e6 / best_cpu:,.0f} vs {1e6 / base_cpu:,.0f} = {base_cpu / best_cpu:.2f}x"
-        )
-    if (best.rate or 0) >= 0.95 * offered:
-        text += f" (watcher ran everything offered, {offered:,}/s: the ratio is a floor)"
-    return text
+def outside(*rows: Row) -> str:
+    """A caveat when processes outside the benchmark took much CPU in these rows' windows."""
+    shares = [row.median(lambda w: w.share("other")) or 0.0 for row in rows]
+    if max(shares) < 0.25:
+        return ""
+    each = " and ".join(f"{share:.0%}" for share in shares)
+    return f" (caveat: other processes used {each} of a CPU in these rows' windows)"
 
 
-def notes(rows: list[Row], sizes: Sizes) -> list[str]:
-    out = [f"{row.label}: FAILED: {row.error}" for row in rows if row.error]
-    offered = sizes.resources  # every 1 s
-    for row in rows:
-        if row.kind != "watcher" or not row.windows:
-            continue
-        seconds = row.total("seconds")
-        fired = row.total("fired") / seconds
-        skipped = row.total("skipped") / seconds
-        coalesced = max(0.0, offered - fired - skipped)
-        memory = row.total("memory") / max(row.total("checks"), 1)
+def targets(rows: list[Row], offered: int) -> list[str]:
+    by = {r.key: r for r in rows if r.rate}
+    out = []
+    httpx, p1, run, quiet = (by.get(k) for k in ("httpx", "run-p1", "run", "run-q"))
+    if httpx and p1 and httpx.rate and p1.rate:
+        ratio = p1.rate / httpx.rate
+        met = ratio >= TARGET_VS_HTTPX and p1.rate >= TARGET_RATE
         text = (
-            f"{row.label}: offered {offered:,}/s ticks; fired {fired:,.0f}/s, skipped "
-            f"(no-overlap) {skipped:,.0f}/s, not ticked at all (missed slots coalesced) "
-            f"~{coalesced:,.0f}/s; fire lag p50/p99 {fmt(row.lag('fire_lag', 0.5))}/"
-            f"{fmt(row.lag('fire_lag', 0.99))} ms; Redis used_memory "
-            f"{memory:+,.0f} bytes per check"
+            f"`watcher run --processes 1` vs bare httpx (target ≥ {TARGET_VS_HTTPX:g}x and ≥ "
+            f"{TARGET_RATE:,} checks/s): {verdict(met)}: {p1.rate:,.0f} vs {httpx.rate:,.0f} "
+            f"checks/s = {ratio:.2f}x"
         )
-        sampled = int(row.total("sampled"))
-        text += (
-            f"; failed jobs {int(row.total('failed'))}; sampled finished jobs that needed a "
-            f"second attempt: {int(row.total('reruns'))} of {sampled:,}; worker log: "
-            f"{row.tally.get('lease_lost_lines', 0)} 'lease lost' warning(s)"
-        )
-        if row.tally.get("other_log_lines"):
+        if p1.us_per_check and httpx.us_per_check:
             text += (
-                f", {row.tally['other_log_lines']} other line(s), first: "
-                f"{row.tally['other_log_first']}"
+                f"; per CPU second {httpx.us_per_check / p1.us_per_check:.2f}x "
+                f"({p1.us_per_check:,.0f} vs {httpx.us_per_check:,.0f} µs per check)"
+            )
+        out.append(text + outside(p1, httpx))
+    else:
+        out.append("`watcher run --processes 1` vs bare httpx: not measured")
+    if run and p1 and run.rate and p1.rate:
+        ratio = run.rate / p1.rate
+        out.append(
+            f"`watcher run` (defaults, {NPROC} processes) vs its own `--processes 1` (target ≥ "
+            f"{TARGET_ALL_CORES:g}x): {verdict(ratio >= TARGET_ALL_CORES)}: {run.rate:,.0f} vs "
+            f"{p1.rate:,.0f} checks/s = {ratio:.2f}x"
+            + (
+                f" (all {offered:,} checks/s offered ran: the ratio is a floor)"
+                if run.rate >= 0.95 * offered
+                else ""
+            )
+            + outside(run, p1)
+        )
+    else:
+        out.append("`watcher run` vs `--processes 1`: not measured")
+    if run and quiet and run.rate and quiet.rate:
+        diff = run.rate / quiet.rate - 1
+        text = (
+            f"default output vs `-q` (target within {TARGET_OUTPUT:.0%}): "
+            f"{verdict(diff >= -TARGET_OUTPUT)}: {run.rate:,.0f} vs {quiet.rate:,.0f} checks/s "
+            f"= {diff:+.1%}"
+        )
+        if run.us_per_check and quiet.us_per_check:
+            text += (
+                f"; CPU per check {run.us_per_check:,.0f} vs {quiet.us_per_check:,.0f} µs "
+                f"= {run.us_per_check / quiet.us_per_check - 1:+.1%}"
+            )
+        out.append(text + outside(run, quiet))
+    else:
+        out.append("default output vs `-q`: not measured")
+    return out
+
+
+def notes(rows: list[Row], offered: int) -> list[str]:
+    out = []
+    for row in rows:
+        if row.skipped:
+            out.append(f"{row.label}: not run: {row.skipped}")
+            continue
+        if row.error:
+            out.append(f"{row.label}: FAILED: {row.error}")
+        if not row.windows:
+            continue
+        origin = max(w.share("origin") for w in row.windows)
+        text = f"{row.label}: origin CPU at most {origin:.0%} of one CPU in a window"
+        if origin > 0.85:
+            text += " (near its one core: the origin may have limited this row)"
+        if row.rate and row.rate >= 0.95 * offered:
+            text += f"; ran everything offered ({offered:,} checks/s)"
+        if row.watcher:
+            lines = sum(w.lines for w in row.windows)
+            text += (
+                f"; processes in its session: {fmt(row.median(lambda w: w.procs))}; exit codes "
+                f"after SIGTERM: {sorted(set(row.exit_codes))}; its terminal at the last visit: "
+                f"{row.start_lines:,} lines at "
+                f"start (the last: `{row.start_last[:160]}`), {lines:,} in the "
+                "windows"
+                + (", the last: " if lines else "")
+                + " ⏎ ".join(f"`{line[:160]}`" for line in row.printed)
+            )
+        elif row.tally:
+            t = row.tally
+            text += (
+                f"; {t['requests']:,} responses in all ({t['ok']:,} 200, "
+                f"{t['not_modified']:,} 304, {t['other']:,} other, {t['errors']:,} errors"
+                + (f", first: {t['first_error']}" if t["errors"] else "")
+                + f"); 304s with a non-empty body: {t['nonempty_304']} "
+                f"({t['body_bytes_304']} bytes)"
             )
         out.append(text)
-    for row in rows:
-        if row.kind == "watcher" or not row.tally:
-            continue
-        t = row.tally
-        out.append(
-            f"{row.label}: {t['requests']:,} responses in all ({t['ok']:,} 200, "
-            f"{t['not_modified']:,} 304, {t['other']:,} other, {t['errors']:,} errors"
-            + (f", first: {t['first_error']}" if t["errors"] else "")
-            + f"); 304s with a non-empty body: {t['nonempty_304']} "
-            f"({t['body_bytes_304']} bytes)"
-        )
     return out
 
 
@@ -961,25 +988,28 @@ def write_markdown(
     window_s = sizes.seconds / sizes.windows
     lines = [
         *markdown_preamble(
-            "Check benchmark",
+            "Check benchmark: the console script against bare HTTP clients",
             machine,
             versions=", ".join(f"{k} {v}" for k, v in package_versions(*PACKAGES).items()),
             load=load,
             elapsed=elapsed,
             server_note=f"; origin: uvicorn + httptools, loop {machine['loop']}, one process",
-            load_note=" (other processes shared the machine: see the `other procs CPU` column)",
+            load_note=" (the machine is shared: see the `other CPU` column and each window)",
         ),
         "",
-        f"{sizes.resources:,} resources; each number is the median of {sizes.windows} windows "
-        f"of {window_s:g} s (range: min-max of the windows).",
+        f"{sizes.resources:,} resources `every: 1s` (so {sizes.resources:,} checks/s offered); "
+        f"each figure is the median of {sizes.windows} windows of {window_s:g} s, one per "
+        "round (range: min-max of the windows' checks/s).",
         "",
         *markdown_table(HEADER, table_rows(rows)),
         "",
-        target_line(rows, sizes.resources),
+        "## Targets",
+        "",
+        *(f"- {line}" for line in targets(rows, sizes.resources)),
         "",
         "## Notes",
         "",
-        *(f"- {line}" for line in notes(rows, sizes)),
+        *(f"- {line}" for line in notes(rows, sizes.resources)),
         "",
         "## 304s carry no body",
         "",
@@ -987,41 +1017,43 @@ def write_markdown(
         "",
         "## How",
         "",
-        "- Every process runs on this machine and shares its "
-        f"{machine['nproc']} CPUs: the origin (one uvicorn process), redis-server, the "
-        "measured process, and this script (which samples counters between windows).",
-        f"- watcher rows: FLUSHALL, then {sizes.resources:,} schedulers (`every: 1s`, check "
-        "`etag`, template data id/url/method/headers/timeout/options, `notify: []`), so the "
-        f"offered load is {sizes.resources:,} checks/s; one worker process running "
-        "`watcher.runner.serve(queue, concurrency=C, transport='aiohttp')` (it also ticks the "
-        "schedulers). The row starts once every resource has its baseline (stat:completed ≥ "
-        f"{sizes.resources:,}), then {sizes.warmup:g} s of warm-up. checks/s is the delta of "
-        "`stat:completed` over the window (queue + HTTP + write-back, end to end); origin "
-        "req/s counts the requests that reached the origin. fired/skipped: deltas of the "
-        "schedulers' `count`/`skipped` fields (skipped = a tick whose previous run was still "
-        "pending or active: the no-overlap rule). start lag: job `started` - planned slot "
-        "`at`, sampled from the newest 1,000 finished jobs at the end of each window.",
+        f"- Every process runs on this machine and shares its {machine['nproc']} CPUs: the "
+        "origin (one uvicorn process), redis-server, the measured command with its worker "
+        "processes, and this script (which reads the command's terminal and samples counters "
+        "between windows).",
+        f"- watcher rows: this script writes a watcher.yaml (`redis:` the private server, "
+        f"`queue: {QUEUE_NAME}`, `defaults: {{every: 1s}}`, {sizes.resources:,} resources "
+        "`{id: r<i>, url: <origin>/r/<i>}`, everything else default: check `etag`, "
+        "notify `[console]`, no jitter) and runs `.venv/bin/watcher <command>` in its folder "
+        "(no -c; the `watcher worker` row runs `watcher sync` first), on a pseudo-terminal of "
+        "200x50 with TERM=xterm-256color, in a session of its own. The rows run in "
+        f"{sizes.windows} rounds, each row one window a round, every visit a fresh start of "
+        "the command against the same Redis: the first visit of all starts from an empty "
+        "Redis and waits until every resource had its first answer (the origin's 200 count "
+        f"rose by {sizes.resources:,}), later ones find the ETags there and wait for the first "
+        f"check; then {sizes.warmup:g} s of warm-up, one window, and SIGTERM (then SIGKILL to "
+        "its process group, whatever is left).",
         "- bare rows: one process, 50 tasks looping over the same resources with "
-        "`If-None-Match` set to the ETag learned from the resource's first 200 (so 304s "
-        "from then on); the row starts once every ETag is known, then "
-        f"{sizes.warmup:g} s of warm-up; checks/s = origin requests over the window. httpx "
-        "gets `Limits(max_connections=50, max_keepalive_connections=50)` (its default "
-        "keep-alive pool of 20 would churn connections at concurrency 50); aiohttp gets "
+        "`If-None-Match` set to the ETag learned from the resource's first 200, started afresh "
+        f"at each visit; the window opens once every ETag is known and {sizes.warmup:g} s of "
+        "warm-up passed. httpx gets "
+        "`Limits(max_connections=50, max_keepalive_connections=50)`; aiohttp "
         "`TCPConnector(limit=50)`; the httpx-aiohttp row uses watcher's own "
-        "`make_client(transport='aiohttp', max_connections=50)`. Each reads the body "
-        "(`response.content` / `await response.read()`).",
-        "- CPU µs/check: the measured process's utime+stime (/proc/<pid>/stat) over the "
-        "windows divided by the checks; 1-CPU ceiling: 1,000,000 / CPU µs per check, the rate "
-        "that process would reach with one CPU to itself; client/origin/redis CPU: share of "
-        "one CPU; other procs CPU: the machine's busy time (/proc/stat) minus these processes "
-        "and this script, i.e. load from outside the benchmark competing for the same CPUs.",
+        "`make_client(transport='aiohttp', max_connections=50)`. Each reads the body.",
+        "- checks/s: requests the origin served in the window. CPU µs/check: utime+stime of "
+        "every process in the measured command's session (/proc/<pid>/stat: the command, "
+        "its worker processes and multiprocessing's resource tracker; `procs` counts them) "
+        "over the window, divided by the checks. its/origin/redis/bench CPU: share of one "
+        "CPU; other CPU: the machine's busy time (/proc/stat) minus these, i.e. processes "
+        "outside this benchmark; machine busy: share of all CPUs. output lines/s: lines the "
+        "command printed on its terminal.",
     ]
     if profile_lines:
-        lines += ["", "## Profile (watcher worker)", "", *profile_lines]
+        lines += ["", "## Profile", "", *profile_lines]
     lines += ["", "## Every window", ""]
     for row in rows:
-        for w in row.windows:
-            lines.append(f"- {row.label}: {describe_window(w, row.kind == 'watcher')}")
+        for turn, w in enumerate(row.windows):
+            lines.append(f"- {row.label}, round {turn + 1}: {describe_window(w)}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -1029,106 +1061,117 @@ def write_markdown(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = arg_parser(__doc__, quick="500 resources, short windows", results=RESULTS)
-    parser.add_argument("--resources", type=int, default=None, help="resources (5000)")
+    parser = arg_parser(__doc__, quick="400 resources, 1 s windows (2 min)", results=RESULTS)
+    parser.add_argument("--resources", type=int, default=None, help="resources (6000)")
     parser.add_argument(
-        "--seconds",
-        type=float,
-        default=None,
-        help="measured seconds per row (30), split in windows",
+        "--seconds", type=float, default=None, help="measured seconds per row (30), in windows"
     )
-    parser.add_argument("--windows", type=int, default=3, help="windows per row (3)")
-    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per row")
-    parser.add_argument("--concurrency", default="50,100,200", help="watcher worker concurrencies")
-    parser.add_argument("--skip-clients", action="store_true", help="watcher rows only")
-    parser.add_argument("--skip-watcher", action="store_true", help="bare client rows only")
+    parser.add_argument(
+        "--windows", type=int, default=3, help="rounds: windows per row, one a round (3)"
+    )
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per row (4)")
+    parser.add_argument(
+        "--rows", default=",".join(ROWS), help=f"rows to run, in order (default: {','.join(ROWS)})"
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also profile one worker (cProfile, one window; the row is not in the table)",
+        help="also cProfile `watcher run --processes 1` over one window (not a table row)",
     )
-    # subprocess entry points
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--client", choices=CLIENT_KINDS, help=argparse.SUPPRESS)
-    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    # a subprocess entry point
+    parser.add_argument("--client", choices=list(CLIENT_LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--origin", help=argparse.SUPPRESS)
-    parser.add_argument("--profile-file", dest="profile_file", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    unknown = [key for key in args.rows.split(",") if key not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    return args
 
 
 async def orchestrate(args: argparse.Namespace, sizes: Sizes) -> int:
-    started = time.monotonic()
-    concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    rows: list[Row] = []
-    bench = Bench(args, sizes)
+    started, load_start = time.monotonic(), load_average()
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # SIGINT: asyncio.run cancels us already
+        loop.add_signal_handler(sig, task.cancel)
+    rows = [Row(key) for key in args.rows.split(",")]
+    bench = Bench(sizes)
+    profile_lines: list[str] = []
     try:
         await bench.start()
-        info = await bench.queue.redis.info("server")
+        info = await bench.redis.info("server")
         machine = machine_info(str(info.get("redis_version", "?")))
         machine["loop"] = event_loop_name()
-        load_start = load_average()
         console.print(
             f"origin {bench.origin_url} (uvicorn + httptools, loop {machine['loop']}), "
             f"redis-server {machine['redis']} at {bench.redis_server.url}; nproc "
-            f"{machine['nproc']}; {sizes.resources:,} resources, {sizes.windows} windows of "
-            f"{sizes.seconds / sizes.windows:g} s; logs in {bench.logs}"
+            f"{machine['nproc']}, load average {load_start:.2f}; {sizes.resources:,} "
+            f"resources, {sizes.windows} windows of {sizes.seconds / sizes.windows:g} s; "
+            f"watcher.yaml in {bench.folder} (removed at the end)"
         )
         await bench.verify()
         for line in bench.verification:
             console.print(f"[green]verified[/] {escape(line)}")
-        if not args.skip_watcher:
-            for concurrency in concurrencies:
+        for row in rows:
+            if row.watcher and not await bench.accepts(COMMANDS[row.key]):
+                row.skipped = f"`{shlex.join(['watcher', *COMMANDS[row.key]])}` is refused"
+                console.print(f"[yellow]{escape(row.label)}: {escape(row.skipped)}[/]")
+        for turn in range(sizes.windows):  # rounds: a burst of outside load hits every row
+            console.print(f"[bold]round {turn + 1} of {sizes.windows}[/]")
+            for row in rows:
+                if row.skipped or row.error:
+                    continue
                 try:
-                    rows.append(await bench.run_watcher(concurrency))
+                    await (bench.run_watcher(row) if row.watcher else bench.run_client(row))
                 except BenchError as exc:
-                    label = f"watcher worker (concurrency {concurrency})"
-                    rows.append(Row(label, "watcher", concurrency, error=str(exc)))
-                    console.print(f"  [red]{escape(str(exc))}[/]")
-        if not args.skip_clients:
-            for kind in CLIENT_KINDS:
-                try:
-                    rows.append(await bench.run_client(kind, 50))
-                except BenchError as exc:
-                    rows.append(Row(CLIENT_LABELS[kind], kind, 50, error=str(exc)))
+                    row.error = str(exc)
                     console.print(f"  [red]{escape(str(exc))}[/]")
         if args.profile:
-            best = max(
-                (r for r in rows if r.kind == "watcher" and r.rate),
-                key=lambda r: r.rate or 0,
-                default=None,
-            )
-            await bench.profile(best.concurrency if best else concurrencies[0])
+            console.print("[bold]profile[/]: `watcher run --processes 1` under cProfile")
+            try:
+                profile_lines = await bench.profile()
+            except BenchError as exc:
+                profile_lines = [f"the profiled run failed: {exc}"]
     finally:
         await bench.stop()
     elapsed = time.monotonic() - started
     load = (load_start, load_average())
-    show(rows, sizes)
-    console.print(target_line(rows, sizes.resources))
-    for line in notes(rows, sizes):
+    title = (
+        f"Conditional checks, {sizes.resources:,} resources every 1 s, median of "
+        f"{sizes.windows} windows of {sizes.seconds / sizes.windows:g} s"
+    )
+    console.print(rich_table(title, HEADER, table_rows(rows)))
+    for line in [*targets(rows, sizes.resources), *notes(rows, sizes.resources)]:
         console.print(f"- {escape(line)}")
-    for line in bench.profile_lines:
+    for line in profile_lines:
         console.print(escape(line))
     write_markdown(
-        args.output, rows, sizes, machine, bench.verification, bench.profile_lines, load, elapsed
+        args.output, rows, sizes, machine, bench.verification, profile_lines, load, elapsed
     )
-    console.print(f"wrote {args.output} ({elapsed / 60:.1f} min in all)")
+    console.print(
+        f"load average {load[0]:.2f} at start, {load[1]:.2f} at end; wrote {args.output} "
+        f"({elapsed / 60:.1f} min in all)"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--profiled"]:
+        return profiled_main(argv[1], argv[2:])
     args = parse_args(argv)
-    if args.worker or args.client:
-        args.concurrency = int(args.concurrency)
-    if args.worker:
-        args.profile = args.profile_file
-        return worker_main(args)
     if args.client:
         return client_main(args)
-    resources = args.resources or (500 if args.quick else 5000)
-    seconds = args.seconds or (6.0 if args.quick else 30.0)
-    warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 4.0)
-    sizes = Sizes(resources, seconds, max(1, args.windows), warmup, ready_timeout=90.0)
-    return asyncio.run(orchestrate(args, sizes))
+    resources = args.resources or (400 if args.quick else 6000)
+    seconds = args.seconds or (3.0 if args.quick else 30.0)
+    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 4.0)
+    sizes = Sizes(resources, seconds, max(1, args.windows), warmup, ready_timeout=120.0)
+    try:
+        return asyncio.run(orchestrate(args, sizes))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print("[yellow]interrupted: every process started here was stopped[/]")
+        return 130
 
 
 if __name__ == "__main__":
