@@ -456,7 +456,7 @@ async def off_the_loop(work: Callable[[], _T]) -> _T:
 async def watch_config(
     args: argparse.Namespace, queue: Queue, reloaded: Callable[[Config], Awaitable[None]]
 ) -> None:
-    """Re-sync when the YAML changes, then hand the new config to `reloaded` (notifiers);
+    """When the YAML changes, hand the new config to `reloaded` (notifiers), then re-sync;
     a bad edit is reported and the running config kept."""
     path = Path(args.config)
     seen = path.stat().st_mtime_ns
@@ -480,8 +480,10 @@ async def watch_config(
             continue
         log.info("%s changed; syncing", args.config)
         try:
-            await do_sync(queue, fresh, dry_run=False, quiet=True)
+            # Notifiers first: a resource synced to use a new notifier must find every
+            # worker process knowing it already.
             await reloaded(fresh)
+            await do_sync(queue, fresh, dry_run=False, quiet=True)
         except Exception as exc:  # Redis away, say: the next edit (or restart) tries again
             log.error("syncing %s failed: %s", args.config, exc)
 
