@@ -115,10 +115,17 @@ class Watcher:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def stop(self) -> int:
-        """SIGTERM, then the exit code (the output is complete afterwards)."""
+    def stop(self, within: float = 45.0) -> int:
+        """SIGTERM, then the exit code (the output is complete afterwards). A command that
+        has not stopped `within` seconds is killed, and the test fails with its output."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
+        try:
+            code = self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            self._reader.join(5)
+            raise AssertionError(f"not stopped {within}s after SIGTERM:\n{self.output}") from None
         self._reader.join(5)
         return code
