@@ -246,10 +246,13 @@ class Worker:
         tasks = [fetch, *(asyncio.create_task(coro) for coro in others)]
         try:
             await self.repeater.stopping.wait()
+            deadline = loop.time() + self.grace  # one budget for the whole stop
             await fetch
-            await self._drain()
+            await self._drain(max(0.0, deadline - loop.time()))
             try:
-                await asyncio.wait_for(self.finisher.flush(), timeout=max(self.grace, 1.0))
+                # at least a second to hand in what finished, however the grace was spent
+                flush_for = max(deadline - loop.time(), 1.0)
+                await asyncio.wait_for(self.finisher.flush(), timeout=flush_for)
             except TimeoutError:
                 log.error(
                     "stopped before finishing %d job(s): their leases lapse and they rerun",
@@ -265,10 +268,10 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
 
-    async def _drain(self) -> None:
-        """Give running jobs the grace period, then return the rest to the queue."""
-        if self._running:
-            await asyncio.wait(set(self._running), timeout=self.grace)
+    async def _drain(self, grace: float) -> None:
+        """Give running jobs `grace` seconds, then return the rest to the queue."""
+        if self._running and grace > 0:
+            await asyncio.wait(set(self._running), timeout=grace)
         unfinished = [t for t in self._running if not t.done()]
         if not unfinished:
             return
