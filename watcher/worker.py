@@ -40,6 +40,9 @@ log = logging.getLogger("watcher.worker")
 
 IDLE_WAIT = 1.0
 """Seconds an idle worker blocks on the wake-up marker before looking again."""
+STOP_CALL_TIMEOUT = 2.0
+"""Seconds a stopping worker gives its last Redis call (leaving the list of workers):
+through an outage the client's own retries would hold the stop past its grace period."""
 GIVE_UP_FINISHING = 20
 """Refused finish calls after which a stopping worker gives up (the leases then lapse)."""
 
@@ -262,8 +265,8 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(*UNAVAILABLE):
-                await self.keeper.forget()
+            with contextlib.suppress(*UNAVAILABLE, TimeoutError):
+                await asyncio.wait_for(self.keeper.forget(), STOP_CALL_TIMEOUT)
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
