@@ -95,6 +95,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 KEEP = "~"  # "not given" in script arguments
 UPSERT_CHUNK = 1000
+SOCKET_TIMEOUT = 15.0  # seconds: far above any call's time, far below "hung"
 READ_CHUNK = 2000  # schedulers read per script call: about a millisecond of Redis time
 FIELDS_PER_TAKEN_JOB = 12  # take.lua's reply
 FIELDS_PER_DUE = 4  # due.lua's reply
@@ -376,7 +377,14 @@ class Queue:
         """A queue on the Redis at `url`; `cluster=True` for a Redis Cluster (any node's URL)."""
         client_class = aioredis.RedisCluster if cluster else aioredis.Redis
         client = client_class.from_url(
-            url, decode_responses=True, health_check_interval=0, socket_keepalive=True
+            url,
+            decode_responses=True,
+            health_check_interval=0,
+            socket_keepalive=True,
+            # No call waits forever on a peer that stopped answering: it fails as an outage
+            # (the workers back off and retry). The longest a healthy call blocks is 1 s.
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
         )
         queue = cls(client, name, **kwargs)
         queue.url = url
