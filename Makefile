@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install lint typecheck run bench clean
+.PHONY: test install lint typecheck run clean
 
 $(BIN)/watcher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

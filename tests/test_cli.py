@@ -396,3 +396,10 @@ def test_usage_errors_exit_2_with_a_hint(tmp_path: Path, redis_url: str, queue_n
         "history", "nosuchid", "--redis", redis_url, "--queue", queue_name, cwd=tmp_path
     )
     assert history.returncode == 2 and "no resource 'nosuchid'" in history.stderr
+
+
+def test_read_commands_read_the_yaml_within_its_size_limit(tmp_path: Path) -> None:
+    (tmp_path / "watcher.yaml").write_text("queue: q\nresources: []\n" + "# padding\n" * 100)
+    done = watcher("status", cwd=tmp_path, env={"WATCHER_MAX_CONFIG_BYTES": "200"})
+    assert done.returncode == 2, done
+    assert "watcher.yaml" in done.stderr and "200" in done.stderr

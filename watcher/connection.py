@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from watcher.limits import Limits
 from watcher.yaml_source import Report, substitute
 
 if TYPE_CHECKING:
@@ -36,13 +37,29 @@ class QueueSettings:
 
 def read_queue_settings(path: str | Path) -> QueueSettings | Config:
     """The connection keys of the YAML at `path` (the whole file when its layout asks)."""
-    text = Path(path).read_text(encoding="utf-8")
-    settings = _from_lines(str(path), text)
+    settings = _from_lines(str(path), text) if (text := _bounded_text(path)) else None
     if settings is None:
         from watcher.config import load_config  # pydantic: a third of the start-up time
 
         return load_config(path)
     return settings
+
+
+def _bounded_text(path: str | Path) -> str | None:
+    """The file's text within the config size limit; None (the whole load then says what
+    is wrong, with file and line) when it is larger, not UTF-8, or the limit is invalid."""
+    try:
+        limit = Limits.from_env(os.environ).max_bytes
+    except ValueError:
+        return None
+    with open(path, "rb") as file:
+        raw = file.read(limit + 1)
+    if len(raw) > limit:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _from_lines(filename: str, text: str) -> QueueSettings | None:

@@ -32,8 +32,6 @@ class Ticker:
         self.repeater = repeater or Repeater()
         self.batch = batch
         self.tally = tally or Tally()
-        self.fired = 0
-        self.skipped = 0
 
     async def run(self) -> None:
         """Tick until `stop()` (a ticker alone, without running jobs)."""
@@ -55,9 +53,7 @@ class Ticker:
             if fire_at is not None:
                 soonest = min(soonest, fire_at)
             fires.append(Fire(scheduler.id, scheduler.score_ms, fire_at, slot or 0))
-        fired, skipped = await self.queue.fire(fires)
-        self.fired += fired
-        self.skipped += skipped
+        _, skipped = await self.queue.fire(fires)
         self.tally.skipped += skipped
         if len(fires) >= self.batch:
             return 0.0  # more are due
