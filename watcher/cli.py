@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import AuthenticationError
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from watcher import __version__
@@ -106,10 +108,9 @@ async def open_queue(
     if url is None:
         url, server = embedded_redis(announce)
     try:
-        if config:
-            queue = await Queue.connect(url, config.queue, changes_max=config.history_limit)
-        else:
-            queue = await Queue.connect(url, args.queue)
+        name = args.queue or (config.queue if config else "watcher")
+        limit = config.history_limit if config else 10_000
+        queue = await Queue.connect(url, name, changes_max=limit)
     except Exception as exc:
         if server:
             server.stop()
@@ -120,7 +121,6 @@ async def open_queue(
         await queue.close()
         if server:
             server.stop()
-            (EMBEDDED_DIR / "redis.url").unlink(missing_ok=True)
 
 
 async def wait_for_redis(args: argparse.Namespace, config: Config | None) -> bool:
@@ -170,12 +170,21 @@ def _why(exc: BaseException) -> str:
     return text[:1].lower() + text[1:]
 
 
+def embedded_address() -> str | None:
+    """The address of this directory's embedded Redis: its port is kept in .watcher/ across
+    restarts, so a worker in another terminal finds it again (None: never started here)."""
+    try:
+        port = int((EMBEDDED_DIR / "redis.port").read_text())
+    except (OSError, ValueError):
+        return None
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def running_embedded_redis() -> str | None:
     """The URL of the embedded Redis another watcher process runs here, if it answers."""
-    url_file = EMBEDDED_DIR / "redis.url"
-    if not url_file.exists():
+    url = embedded_address()
+    if url is None:
         return None
-    url = url_file.read_text().strip()
     import redis
 
     try:
@@ -186,23 +195,45 @@ def running_embedded_redis() -> str | None:
 
 
 def embedded_redis(announce: bool) -> tuple[str, RedisServer | None]:
-    """Reuse the embedded Redis another watcher process started here, or start it."""
+    """Reuse the embedded Redis another watcher process started here, or start it: on the
+    port it had before when that is free."""
     url = running_embedded_redis()
     if url is not None:
         if announce:
             console.print(f"[dim]using the embedded Redis at {url} (data in {EMBEDDED_DIR}/)")
         return url, None
+    before = embedded_address()
+    port = int(before.rsplit(":", 1)[1].split("/")[0]) if before else None
+    moved = port is not None and not port_is_free(port)
     try:
-        server = RedisServer(EMBEDDED_DIR / "redis", persist=True).start()
+        server = RedisServer(EMBEDDED_DIR / "redis", port=None if moved else port, persist=True)
+        server.start()
     except RedisServerError as exc:
         raise CommandError(str(exc)) from None
-    (EMBEDDED_DIR / "redis.url").write_text(server.url)
+    (EMBEDDED_DIR / "redis.port").write_text(f"{server.port}\n")
+    if moved:
+        log.warning(
+            "port %s of the embedded Redis is taken; it is on %s now: workers attached to the "
+            "old port must be restarted",
+            port,
+            server.port,
+        )
     if announce:
         console.print(
             f"[bold]watcher {__version__}[/] started an embedded Redis at {server.url} "
             f"(data kept in {EMBEDDED_DIR}/redis; WATCHER_REDIS_URL or `redis:` picks your own)"
         )
     return server.url, server
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _safe_url(url: str) -> str:
@@ -216,12 +247,16 @@ def _safe_url(url: str) -> str:
 # -- sync ---------------------------------------------------------------------------------
 
 
-async def do_sync(queue: Queue, config: Config, *, dry_run: bool, quiet: bool = False) -> int:
+async def do_sync(
+    queue: Queue, config: Config, *, dry_run: bool, quiet: bool = False, adopt: bool = False
+) -> int:
     from watcher.sync import apply_plan, mark_synced, plan_sync
 
-    plan = await plan_sync(queue, config)
+    plan = await plan_sync(queue, config, adopt=adopt)
     if not quiet or not plan.empty:
         print_plan(plan, config, dry_run)
+    if not quiet:
+        await tell_orphaned_queues(queue)
     if dry_run:
         return EXIT_OK
     if plan.empty:
@@ -265,8 +300,8 @@ def print_plan(plan: Any, config: Config, dry_run: bool) -> None:
         width = max(len(step.id) for step in shown)
         for step in shown:  # a line each, unpadded: the plan reads the same in a pipe
             mark, style = marks[step.action]
-            what = ", ".join(step.fields) if step.action == "update" else step.note or step.action
-            console.print(Text.assemble((mark, style), f" {step.id.ljust(width)}  {what}"))
+            line = f" {step.id.ljust(width)}  {step.describe()}"
+            console.print(Text.assemble((mark, style), line), highlight=False)
         if len(plan.steps) > len(shown):
             console.print(f"[dim]… and {len(plan.steps) - len(shown)} more")
     counts = {a: len(plan.of(a)) for a in ("create", "update", "remove", "conflict")}
@@ -283,13 +318,32 @@ def print_plan(plan: Any, config: Config, dry_run: bool) -> None:
         console.print(f"{config.source}: {verb}: {summary}")
 
 
+async def tell_orphaned_queues(queue: Queue) -> None:
+    """Say which other queues of this Redis no config owns any more (a renamed file leaves
+    its queue behind), with the fix."""
+    from watcher.inventory import survey
+
+    for other in await survey(queue):
+        if other.name != queue.name and other.orphaned and other.resources:
+            log.warning(
+                "queue %r holds %d resource(s) of %s, which %s: if this config is that file "
+                "renamed, add `queue: %s` to it to keep their state (then `watcher sync "
+                "--adopt`); `watcher prune` removes them",
+                other.name,
+                other.resources,
+                other.source,
+                other.orphaned,
+                other.name,
+            )
+
+
 # -- commands -----------------------------------------------------------------------------
 
 
 async def cmd_sync(args: argparse.Namespace) -> int:
     config = read_config(args.config)
     async with open_queue(args, config) as queue:
-        return await do_sync(queue, config, dry_run=args.dry_run)
+        return await do_sync(queue, config, dry_run=args.dry_run, adopt=args.adopt)
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -298,10 +352,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if not await wait_for_redis(args, config):
         return EXIT_OK
     async with open_queue(args, config, announce=True) as queue:
-        await do_sync(queue, config, dry_run=False)
+        await do_sync(queue, config, dry_run=False, adopt=args.adopt)
         console.print(
-            f"watching {len(config.resources)} resource(s) from {config.source} "
-            f"with {_workers(args)}; Ctrl-C stops"
+            f"watching {len(config.resources)} resource(s) from {config.source} (queue "
+            f"{queue.name!r} at {_safe_url(queue.url or '')}) with {_workers(args)}; Ctrl-C stops"
         )
 
         async def sync_again() -> None:
@@ -491,15 +545,20 @@ async def watch_config(
 async def cmd_worker(args: argparse.Namespace) -> int:
 
     config = _optional_config(args.config)
-    if configured_redis(args, config) is None and not (EMBEDDED_DIR / "redis.url").exists():
-        raise CommandError(
-            "no Redis configured: workers on other machines need a shared Redis; "
-            "set WATCHER_REDIS_URL, --redis, or `redis:` in the YAML"
-        )
+    if configured_redis(args, config) is None:
+        args.redis = embedded_address()  # waited for, reconnected to: its port is kept
+        if args.redis is None:
+            raise CommandError(
+                "no Redis configured: workers on other machines need a shared Redis; "
+                "set WATCHER_REDIS_URL, --redis, or `redis:` in the YAML (or start "
+                "`watcher run` here first: workers here then use its embedded Redis)"
+            )
     if not await wait_for_redis(args, config):
         return EXIT_OK
     async with open_queue(args, config) as queue:
-        console.print(f"worker on queue {queue.name!r}, {_workers(args)}")
+        console.print(
+            f"worker on queue {queue.name!r} at {_safe_url(queue.url or '')}, {_workers(args)}"
+        )
         if args.processes > 1:
             supervisor = Supervisor(worker_process(args, queue, config), args.processes)
             await supervise(supervisor, SyncWatch(queue, expect_synced=True), args)
@@ -537,6 +596,63 @@ def _queue_settings(path: str) -> QueueSettings | Config | None:
     return read_queue_settings(path)
 
 
+async def cmd_queues(args: argparse.Namespace) -> int:
+    from watcher.inventory import survey
+
+    async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
+        found = await survey(queue)
+    if not found:
+        console.print("no queues in this Redis")
+        return EXIT_OK
+    table = Table(box=None, header_style="bold")
+    for column in ("queue", "resources", "workers", "last synced from", "synced"):
+        table.add_column(column, justify="right" if column in ("resources", "workers") else "left")
+    for summary in found:
+        source = summary.source or "(never synced: made through the API)"
+        if summary.orphaned:
+            source += f" [yellow](which {summary.orphaned})[/]"
+        synced = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.synced_ms / 1000))
+            if summary.synced_ms
+            else ""
+        )
+        table.add_row(summary.name, f"{summary.resources:,}", str(summary.workers), source, synced)
+    console.print(table)
+    if any(summary.orphaned for summary in found):
+        console.print("`watcher prune --dry-run` shows what no config owns; `watcher prune` prunes")
+    return EXIT_OK
+
+
+async def cmd_prune(args: argparse.Namespace) -> int:
+    from watcher.inventory import find_orphans, prune
+
+    async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
+        found = await find_orphans(queue)
+        if not found:
+            console.print("nothing to prune: every resource in this Redis has its config")
+            return EXIT_OK
+        removed = 0
+        for orphans in found:
+            owners = "; ".join(f"{path}, which {why}" for path, why in orphans.owners.items())
+            what = f"{len(orphans.ids):,} resource(s)"
+            if orphans.whole_queue:
+                what += " and its history (nothing else is left in it)"
+            if orphans.workers:
+                console.print(
+                    f"[yellow]queue {orphans.queue!r}: {orphans.workers} worker(s) alive on it;"
+                    f" left alone (stop them first)[/]: {what} of {owners}",
+                    highlight=False,
+                )
+                continue
+            verb = "would remove" if args.dry_run else "removing"
+            console.print(f"queue {orphans.queue!r}: {verb} {what} of {owners}", highlight=False)
+            if not args.dry_run:
+                removed += await prune(queue, orphans)
+    if not args.dry_run:
+        console.print(f"removed {removed:,} resource(s)")
+    return EXIT_OK
+
+
 async def cmd_history(args: argparse.Namespace) -> int:
     async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
         changes = await queue.changes(args.id, args.limit)
@@ -572,7 +688,19 @@ async def cmd_check(args: argparse.Namespace) -> int:
         if not found:
             raise UsageError(f"no resource {args.id!r} in {config.source}")
         resource = found[0]
-        return await check_once(console, resource.template(), resource.check, args.transport)
+        if not args.compare:
+            return await check_once(console, resource.template(), resource.check, args.transport)
+        async with open_queue(args, config, read_only=True) as queue:
+            stored = await queue.get_scheduler(resource.id)
+        if stored is None:
+            raise CommandError(
+                f"resource {resource.id!r} is not in queue {queue.name!r} yet (`watcher sync`)"
+            )
+        return await check_once(
+            console, resource.template(), resource.check, args.transport, compare_with=stored.state
+        )
+    if args.compare:
+        raise UsageError("--compare needs --id ID: a URL has no stored state")
     template = {
         "id": "cli",
         "url": args.url,
@@ -597,8 +725,10 @@ EXAMPLES = {
     "worker": "examples:\n  WATCHER_REDIS_URL=redis://db:6379 watcher worker --concurrency 100",
     "status": "examples:\n  watcher status\n  watcher status --live\n  watcher status --json | jq",
     "history": "examples:\n  watcher history\n  watcher history docs --limit 5 --json",
+    "queues": "examples:\n  watcher queues\n  watcher queues --redis redis://db:6379",
+    "prune": "examples:\n  watcher prune --dry-run\n  watcher prune",
     "check": "examples:\n  watcher check https://example.org/\n  watcher check --id docs\n"
-    "  watcher check https://example.org/ --check content",
+    "  watcher check https://example.org/ --check content\n  watcher check --id docs --compare",
 }
 
 
@@ -616,7 +746,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--redis", type=_redis_url, help="Redis URL (overrides WATCHER_REDIS_URL and the YAML)"
     )
-    common.add_argument("--queue", default="watcher", help="queue name when there is no YAML")
+    common.add_argument(
+        "--queue", help="queue name (default: the YAML's `queue:`, else named after the file)"
+    )
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -670,6 +802,19 @@ def parser() -> argparse.ArgumentParser:
         )
     sync = add("sync", "reconcile the YAML into schedulers and print the plan", cmd_sync)
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    for cmd in (run, sync):
+        cmd.add_argument(
+            "--adopt",
+            action="store_true",
+            help="take over this file's resources declared by a config file that is gone "
+            "(moved or renamed) or now uses another queue",
+        )
+    queues = add("queues", "list every queue in the Redis: resources, workers, owner", cmd_queues)
+    del queues
+    prune = add(
+        "prune", "remove the resources no config file owns any more (judged here)", cmd_prune
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
     status = add("status", "show every resource: last run, last change, next run", cmd_status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--live", action="store_true", help="refresh in place until Ctrl-C")
@@ -688,6 +833,11 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("url", nargs="?", type=_http_url, help="the URL to check")
     check.add_argument("--id", help="a resource of the YAML instead of a URL")
     check.add_argument("--check", default="etag", help="check name (default: etag)")
+    check.add_argument(
+        "--compare",
+        action="store_true",
+        help="with --id: one run against the state stored in Redis (writes nothing)",
+    )
     check.add_argument(
         "--transport", choices=["aiohttp", "httpx"], default="aiohttp", help=argparse.SUPPRESS
     )

@@ -38,6 +38,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from watcher import secrets
+from watcher.connection import queue_name_for
 from watcher.limits import BYTES_VARIABLE, Limits, format_size
 from watcher.masking import is_secret, mask_headers
 from watcher.schedule import Schedule, ScheduleError, format_duration
@@ -725,6 +726,7 @@ def parse_config(
         root["resources"] = [item for item, _ in merged]
         validator.inherited = {i: inherited for i, (_, inherited) in enumerate(merged)}
 
+    root.setdefault("queue", queue_name_for(filename))
     config = validator.validate(Config, {**root, "source": filename})
     if report.problems or config is None:
         raise report.error()

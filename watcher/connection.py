@@ -22,10 +22,18 @@ from watcher.yaml_source import Report, substitute
 if TYPE_CHECKING:
     from watcher.config import Config
 
-__all__ = ["QueueSettings", "read_queue_settings"]
+__all__ = ["QueueSettings", "queue_name_for", "read_queue_settings"]
 
 _SETTING_LINE = re.compile(r"^(?:queue|redis|history_limit):.*$", re.MULTILINE)
 _TOP_LEVEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:(?:[ \t]|$)")
+
+
+def queue_name_for(source: str) -> str:
+    """The queue a config file uses unless it says `queue:`: its own, named after the file
+    (`mine.yaml` -> `mine`), so configs sharing one Redis never run each other's resources."""
+    stem = os.path.splitext(os.path.basename(source))[0]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", stem)[:64].strip(".-")
+    return name or "watcher"
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,8 @@ def _from_lines(filename: str, text: str) -> QueueSettings | None:
         redis = substitute(redis, ("redis",), os.environ, report)
         if report.problems:
             return None  # the full load says what is wrong, with file and line
-    queue, limit = found.get("queue", "watcher"), found.get("history_limit", 10_000)
+    queue = found.get("queue", queue_name_for(filename))
+    limit = found.get("history_limit", 10_000)
     if (
         not isinstance(queue, str)
         or not isinstance(limit, int)

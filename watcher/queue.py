@@ -826,6 +826,36 @@ class Queue:
             details = await pipe.execute()
         return [{"id": wid, **info} for wid, info in zip(ids, details, strict=True)]
 
+    # -- the other queues of this Redis ------------------------------------------------
+
+    async def queue_names(self) -> list[str]:
+        """Every queue in this Redis that holds schedulers or was synced (a SCAN: for the
+        commands that survey a Redis, not for the hot path)."""
+        names: set[str] = set()
+        for part in ("scheduler_count", "synced"):
+            async for key in self.redis.scan_iter(f"watcher:{{*}}:{part}", count=10_000):
+                names.add(key[len("watcher:{") : -len(f"}}:{part}")])
+        return sorted(name for name in names if QUEUE_PATTERN.fullmatch(name))
+
+    def sibling(self, name: str) -> Queue:
+        """Queue `name` on the same Redis connection (close this one, not the sibling)."""
+        other = Queue(self.redis, name)
+        other.url = self.url
+        return other
+
+    async def drop(self) -> int:
+        """Delete every key of this queue (its history too); returns how many."""
+        deleted = 0
+        batch: list[str] = []
+        async for key in self.redis.scan_iter(f"{self.prefix}*", count=10_000):
+            batch.append(key)
+            if len(batch) >= READ_CHUNK:
+                deleted += await self.redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self.redis.unlink(*batch)
+        return deleted
+
     # -- the queue's health -------------------------------------------------------------
 
     async def mark_synced(self, source: str, resources: int) -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from watcher.config import Config, ConfigError, ConfigIssue, ResourceConfig
+from watcher.inventory import owner_path, why_orphaned
+from watcher.masking import mask_headers, mask_urls
 from watcher.queue import Queue, SchedulerSpec
-from watcher.schedule import Schedule, ScheduleError
+from watcher.schedule import Schedule, ScheduleError, format_duration
 
 FIELDS = ("name", "data", "spec", "scope", "owner", "overlap")
 
@@ -28,6 +30,14 @@ class Step:
     fields: list[str] = field(default_factory=list)
     spec: SchedulerSpec | None = None
     note: str = ""
+    changes: list[tuple[str, str, str]] = field(default_factory=list)
+    """(field, old, new) of each changed field, secrets masked, long values cut."""
+
+    def describe(self) -> str:
+        if self.action != "update":
+            return self.note or self.action
+        told = "; ".join(f"{name}: {old} → {new}" for name, old, new in self.changes)
+        return told + (f" ({self.note})" if self.note else "")
 
 
 @dataclass
@@ -68,21 +78,55 @@ def _schedule_text(spec: SchedulerSpec) -> str:
     return Schedule.build(every=spec.every, cron=spec.cron, tz=spec.tz, jitter=spec.jitter).encode()
 
 
-def _changed_fields(spec: SchedulerSpec, current: list[str | None]) -> list[str]:
+def _changes(spec: SchedulerSpec, current: list[str | None]) -> list[tuple[str, str, str]]:
+    """(field, old, new) for every field the sync would change, in field order."""
     name, data, schedule, scope, owner, overlap = current
     old: dict[str, Any] = json.loads(data or "{}")
-    changed = {key for key in old.keys() | spec.data.keys() if old.get(key) != spec.data.get(key)}
+    changes = {
+        key: (_shown(key, old.get(key), old), _shown(key, spec.data.get(key), spec.data))
+        for key in old.keys() | spec.data.keys()
+        if old.get(key) != spec.data.get(key)
+    }
     if name != spec.name:
-        changed.add("check")
-    if schedule != _schedule_text(spec):
-        changed.add("schedule")
+        changes["check"] = (str(name), spec.name)
+    if schedule != (new_schedule := _schedule_text(spec)):
+        changes["schedule"] = (_schedule_words(schedule), _schedule_words(new_schedule))
     if (overlap or "0") != str(int(spec.overlap)):
-        changed.add("overlap")
+        changes["overlap"] = (str(overlap == "1").lower(), str(spec.overlap).lower())
     if (owner or "") != spec.owner:
-        changed.add("owner")
-    if (scope or "") != spec.scope and not changed & {"url", "method", "check"}:
-        changed.add("scope")
-    return sorted(changed)
+        changes["owner"] = (_owner_words(owner or ""), _owner_words(spec.owner))
+    if (scope or "") != spec.scope and not changes.keys() & {"url", "method", "check"}:
+        changes["scope"] = ("old state", "reset")
+    return [(key, *changes[key]) for key in sorted(changes)]
+
+
+SHOWN_MAX = 60
+"""Characters of a value a plan shows: enough to tell values apart, one line each."""
+
+
+def _shown(key: str, value: Any, data: Mapping[str, Any]) -> str:
+    if value is None:
+        return "(none)"
+    if key == "headers" and isinstance(value, dict):
+        value = mask_headers(value, data.get("secret_headers") or ())
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    text = mask_urls(text)
+    return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 1] + "…"
+
+
+def _schedule_words(encoded: str | None) -> str:
+    if not encoded:
+        return "(none)"
+    try:
+        schedule = Schedule.decode(encoded)
+    except (ValueError, KeyError, TypeError):
+        return encoded
+    jitter = f" ± {format_duration(schedule.jitter_ms / 1000)}" if schedule.jitter_ms else ""
+    return schedule.describe() + jitter
+
+
+def _owner_words(owner: str) -> str:
+    return owner_path(owner) or owner or "(none)"
 
 
 def check_schedules(config: Config, now_ms: int) -> None:
@@ -115,11 +159,15 @@ def _schedule_problem(
     return None
 
 
-async def plan_sync(queue: Queue, config: Config) -> Plan:
+async def plan_sync(queue: Queue, config: Config, *, adopt: bool = False) -> Plan:
+    """What a sync would do. A resource declared by another config file is left alone,
+    unless that file no longer declares it here (gone, or now on another queue): then
+    `adopt` makes this file its owner, keeping its state."""
     check_schedules(config, await queue.now_ms())
     owner = owner_of(config)
     declared = {r.id: spec_for(r, owner) for r in config.resources if r.enabled}
     existing = await queue.scheduler_fields(FIELDS)
+    orphaned: dict[str, str | None] = {}
     steps: list[Step] = []
     unchanged = 0
     for id, spec in declared.items():
@@ -127,18 +175,30 @@ async def plan_sync(queue: Queue, config: Config) -> Plan:
         if current is None:
             steps.append(Step(id, "create", spec=spec))
             continue
-        if current[4] and current[4] != owner:
-            steps.append(Step(id, "conflict", spec=spec, note=f"declared by {current[4]}"))
-            continue
-        changed = _changed_fields(spec, current)
-        if changed:
-            steps.append(Step(id, "update", changed, spec))
+        other = current[4]
+        if other and other != owner:
+            if other not in orphaned:
+                orphaned[other] = why_orphaned(other, queue.name)
+            if not (adopt and orphaned[other]):
+                note = _conflict(other, orphaned[other])
+                steps.append(Step(id, "conflict", spec=spec, note=note))
+                continue
+        changes = _changes(spec, current)
+        if changes:
+            steps.append(Step(id, "update", [c[0] for c in changes], spec, changes=changes))
         else:
             unchanged += 1
     for id, current in existing.items():
         if current[4] == owner and id not in declared:
             steps.append(Step(id, "remove"))
     return Plan(steps, unchanged)
+
+
+def _conflict(owner: str, orphaned: str | None) -> str:
+    declared_by = f"declared by {_owner_words(owner)}"
+    if orphaned is None:
+        return declared_by + " (left alone)"
+    return f"{declared_by}, which {orphaned}: `watcher sync --adopt` makes this file its owner"
 
 
 async def apply_plan(
