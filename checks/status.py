@@ -1,6 +1,8 @@
 """The ``status`` check (uptime): reports when the status code or reachability changes.
 
 A failed connection is not an error here: it is the observation "unreachable".
+The state says ``"up": false`` when the resource is unreachable or answers an error
+(4xx/5xx), so that `watcher status` shows it as down.
 The body is never read; the response is closed as soon as its status line is in.
 Options: ``follow_redirects`` (default true) and ``max_redirects``.
 """
@@ -41,10 +43,11 @@ async def observe(ctx: CheckContext) -> dict[str, Any]:
                 "status_code": response.status_code,
                 "reachable": True,
                 "reason": response.reason_phrase,
+                "up": response.status_code < 400,
             }
     except TransientCheckError as exc:
         # Only transport failures arrive here: ctx.stream() does not judge status codes.
-        return {"status_code": None, "reachable": False, "reason": exc.reason}
+        return {"status_code": None, "reachable": False, "reason": exc.reason, "up": False}
 
 
 def describe(state: dict[str, Any]) -> str:

@@ -12,8 +12,8 @@ from checks import status
 from watcher.check import CheckContext, CheckFailed
 
 URL = "https://example.test/health"
-UP = {"status_code": 200, "reachable": True, "reason": "OK"}
-DOWN = {"status_code": None, "reachable": False, "reason": "cannot connect: refused"}
+UP = {"status_code": 200, "reachable": True, "reason": "OK", "up": True}
+DOWN = {"status_code": None, "reachable": False, "reason": "cannot connect: refused", "up": False}
 
 MakeCtx = Callable[..., CheckContext]
 
@@ -56,7 +56,12 @@ async def test_status_code_change(httpx_mock: HTTPXMock, make_ctx: MakeCtx) -> N
     result = await status.check(make_ctx(UP))
     assert result.changed
     assert result.summary == "200 OK → 503 Service Unavailable"
-    assert result.state == {"status_code": 503, "reachable": True, "reason": "Service Unavailable"}
+    assert result.state == {
+        "status_code": 503,
+        "reachable": True,
+        "reason": "Service Unavailable",
+        "up": False,  # what `watcher status` shows as down
+    }
     assert result.status_code == 503
     assert (result.old, result.new) == ({}, {})  # the summary says it; no validators to show
 

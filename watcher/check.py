@@ -172,6 +172,9 @@ class CheckContext:
 class CheckResult:
     changed: bool
     state: dict[str, Any]
+    """Stored for the next run (JSON). A check that watches availability says ``"up": False``
+    in it when the resource is down (unreachable, an error status): `watcher status` then
+    shows the resource as down although the run itself succeeded."""
     summary: str
     details: str | None = None
     status_code: int | None = None

@@ -1,10 +1,16 @@
-"""Find a check by name: an entry point in group ``watcher.checks``, or a dotted path."""
+"""Find a check by name: an entry point in group ``watcher.checks``, or a dotted path.
+
+A dotted path (``module:name``) is imported from the plugin directories first (the
+directory of the config file: see `add_plugin_dir`), then from ``sys.path`` as usual.
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib
 import inspect
+import os
+import sys
 from importlib.metadata import entry_points
 from typing import TypeGuard
 
@@ -13,6 +19,26 @@ from watcher.check import ENTRY_POINT_GROUP, Check
 
 class PluginError(Exception):
     """A check could not be found or loaded."""
+
+
+_plugin_dirs: list[str] = []
+
+
+def add_plugin_dir(directory: str | os.PathLike[str]) -> None:
+    """Make modules in ``directory`` importable by dotted path: it goes first on
+    ``sys.path`` (as a script's own directory does) unless already there; adding it again
+    does nothing."""
+    path = os.path.abspath(directory)
+    if path in _plugin_dirs:
+        return
+    _plugin_dirs.append(path)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def plugin_dirs() -> tuple[str, ...]:
+    """The directories `add_plugin_dir` added in this process, in that order (absolute)."""
+    return tuple(_plugin_dirs)
 
 
 def available_checks() -> list[str]:
@@ -71,14 +97,53 @@ def _load_dotted(path: str, label: str) -> object:
         raise PluginError(f"{label}: a dotted path must look like 'package.module:name'")
     try:
         obj: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and _is_within(module_name, exc.name):
+            raise PluginError(
+                f"{label}: cannot import {module_name!r}: ModuleNotFoundError: "
+                + _not_found(exc.name)
+            ) from None
+        # the plugin was found; something it imports was not
+        raise PluginError(f"{label}: cannot import {module_name!r}: {_one_line(exc)}") from exc
     except Exception as exc:
         raise PluginError(f"{label}: cannot import {module_name!r}: {_one_line(exc)}") from exc
+    module = obj
     for attr in attr_path.split("."):
         try:
             obj = getattr(obj, attr)
         except AttributeError:
-            raise PluginError(f"{label}: {module_name!r} has no attribute {attr_path!r}") from None
+            raise PluginError(
+                f"{label}: {module_name!r} has no attribute {attr_path!r} ({_origin(module)})"
+            ) from None
     return obj
+
+
+def _is_within(module_name: str, missing: str) -> bool:
+    """Whether ``missing`` is ``module_name`` or one of its parent packages."""
+    return module_name == missing or module_name.startswith(missing + ".")
+
+
+def _not_found(missing: str) -> str:
+    """Where a missing plugin module was looked for, and how to make it found."""
+    parent, _, child = missing.rpartition(".")
+    if parent:  # the package was found (perhaps another of the same name): say which
+        return f"no module {child!r} in package {parent!r} ({_origin(sys.modules.get(parent))})"
+    looked = "on PYTHONPATH and in installed packages"
+    if _plugin_dirs:
+        looked = f"in {', '.join(_plugin_dirs)} (the config file's directory), then {looked}"
+    return (
+        f"looked {looked}; put {missing}.py or {missing}/ next to the config file, "
+        f"install it, or register an entry point in group {ENTRY_POINT_GROUP!r}"
+    )
+
+
+def _origin(module: object) -> str:
+    """Where a module was imported from, for messages."""
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec.origin and spec.has_location:
+        return f"from {spec.origin}"
+    locations = list(getattr(spec, "submodule_search_locations", None) or [])
+    return f"from {', '.join(locations)}" if locations else "built in"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -16,13 +17,18 @@ from rich.text import Text
 from watcher.masking import mask_urls
 from watcher.queue import Queue, Refusal, SchedulerInfo
 
-OUTCOME_STYLE = {
-    "unchanged": "green",
+STATES = ("down", "failing", "changed", "waiting", "ok")
+"""Every state `status` shows, the most telling first (the table's order)."""
+STATE_STYLE = {
+    "ok": "green",
     "changed": "bold yellow",
-    "baseline": "cyan",
-    "retrying": "magenta",
-    "failed": "bold red",
+    "failing": "magenta",
+    "down": "bold red",
+    "waiting": "dim",
 }
+RECENT_CHANGE_MS = 3_600_000
+"""A resource shows as changed for an hour after its last change, however often it runs."""
+FAILED_OUTCOMES = ("failed", "retrying")
 
 
 @dataclass
@@ -31,14 +37,19 @@ class ResourceRow:
     check: str
     url: str
     schedule: str
+    state: str
+    """One of STATES: see `resource_state`."""
     last_run: float | None
     outcome: str | None
+    """The last run's outcome as the runner reported it (baseline, unchanged, changed,
+    retrying, failed), or None before the first run ends."""
     status_code: int | None
     not_modified: bool
     summary: str
     last_change: float | None
     next_run: float | None
     failures: int
+    """Failed attempts in a row (0 once a run succeeds)."""
     skipped: int
 
 
@@ -51,22 +62,48 @@ class Snapshot:
     checks_per_minute: int
     not_modified_share: float | None
     total_resources: int
+    failing_now: int
+    """Resources failing or down now: those whose runs fail (the `failing` index), and
+    those shown here whose check reports them down."""
     resources: list[ResourceRow]
-    """The most telling `limit` resources (failing, then recently changed), in that order."""
+    """The most telling `limit` resources (down and failing, then changed), in that order."""
     redis_refuses_writes: Refusal | None = None
     """Why Redis refuses writes now (out of memory, ...): workers back off meanwhile."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+def resource_state(info: SchedulerInfo, now_ms: int) -> str:
+    """down: its runs gave up (failed for good, or every attempt of a run failed, and no run
+    succeeded since), or its check reports it down (`"up": false` in its state);
+    failing: its last attempt failed and a retry is pending; waiting: no run ended yet;
+    changed: its last run or one within RECENT_CHANGE_MS saw a change; ok: otherwise."""
+    report = info.report
+    outcome = report.get("outcome") if report else None
+    if info.fails or outcome in FAILED_OUTCOMES:
+        return "down" if _gave_up(info, outcome) else "failing"
+    if report is None:
+        return "waiting"
+    if info.state.get("up") is False:
+        return "down"
+    last_change = info.last_change_ms
+    if outcome == "changed" or (last_change and now_ms - last_change < RECENT_CHANGE_MS):
+        return "changed"
+    return "ok"
 
 
-def _row(info: SchedulerInfo) -> ResourceRow:
+def _gave_up(info: SchedulerInfo, outcome: str | None) -> bool:
+    # `fails` counts failed attempts in a row: as many as a run's attempts means a whole run
+    # failed and none succeeded since. No pending run after a failure: the last one gave up.
+    return outcome == "failed" or info.active_job is None or info.fails >= info.attempts
+
+
+def _row(info: SchedulerInfo, now_ms: int) -> ResourceRow:
     report = info.report or {}
     return ResourceRow(
         id=info.id,
         check=info.name,
         url=mask_urls(str(info.data.get("url", ""))),  # no password, nor its ${VAR}
         schedule=info.schedule.describe(),
+        state=resource_state(info, now_ms),
         last_run=info.last_run_ms / 1000 if info.last_run_ms else None,  # Redis time
         outcome=report.get("outcome"),
         status_code=report.get("status_code"),
@@ -85,35 +122,120 @@ async def collect(queue: Queue, limit: int = 100) -> Snapshot:
     counts = await queue.counts()
     workers = await queue.workers()
     shown = await queue.list_schedulers(await queue.telling_ids(limit))
+    now_ms = await queue.now_ms()
+    rows = most_telling([_row(info, now_ms) for info in shown], limit)
     runs = sum(int(w.get("runs_1m", 0)) for w in workers)
     not_modified = sum(int(w.get("not_modified_1m", 0)) for w in workers)
     return Snapshot(
-        time=await queue.now_ms() / 1000,
+        time=now_ms / 1000,
         queue=queue.name,
         counts=counts,
         workers=workers,
         checks_per_minute=runs,
         not_modified_share=(not_modified / runs) if runs else None,
         total_resources=await queue.scheduler_count(),
-        resources=most_telling([_row(info) for info in shown], limit),
+        failing_now=counts["failing"] + sum(r.state == "down" and not r.failures for r in rows),
+        resources=rows,
         redis_refuses_writes=await queue.write_refusal(),
     )
 
 
 async def write_json(queue: Queue, out: TextIO, chunk: int = 1000) -> None:
-    """The snapshot as JSON with every resource, streamed: rows are read and written a
-    chunk at a time, so memory stays flat and output starts at once."""
+    """The snapshot as JSON with every resource (schema: docs/status-json.md), streamed: rows
+    are read and written a chunk at a time, so memory stays flat and output starts at once;
+    the exact counts by state come last, once every row was seen."""
     snapshot = await collect(queue, limit=0)
-    head = snapshot.to_dict()
-    del head["resources"]
-    out.write(json.dumps(head, indent=2, default=str)[:-2] + ',\n  "resources": [')
-    ids = await queue.scheduler_ids()
+    now_ms = round(snapshot.time * 1000)
+    out.write(json.dumps(_head(snapshot), indent=2)[:-2] + ',\n  "resources": [')
+    tally = dict.fromkeys(STATES, 0)
     separator = "\n    "
+    ids = await queue.scheduler_ids()
     for start in range(0, len(ids), chunk):
-        for info in await queue.list_schedulers(ids[start : start + chunk]):
-            out.write(separator + json.dumps(asdict(_row(info)), default=str))
+        rows = [
+            _row(info, now_ms) for info in await queue.list_schedulers(ids[start : start + chunk])
+        ]
+        for row in rows:
+            tally[row.state] += 1
+        if rows:
+            out.write(separator + ",\n    ".join(json.dumps(_resource_json(r)) for r in rows))
             separator = ",\n    "
-    out.write("\n  ]\n}\n")
+    failing_now = tally["failing"] + tally["down"]
+    out.write(f'\n  ],\n  "failing_now": {failing_now},\n  "states": {json.dumps(tally)}\n}}\n')
+
+
+def _head(snapshot: Snapshot) -> dict[str, Any]:
+    c = snapshot.counts
+    refusal = snapshot.redis_refuses_writes
+    return {
+        "time": iso(snapshot.time),
+        "queue": snapshot.queue,
+        "total_resources": snapshot.total_resources,
+        "scheduled": c["schedulers"],
+        "jobs": {"queued": c["wait"], "running": c["active"], "retry_pending": c["delayed"]},
+        "totals": {
+            "runs_completed": c["completed"],
+            "runs_failed": c["failed"],
+            "writes_fenced": c["fenced"],
+        },
+        "workers": [_worker_json(w) for w in snapshot.workers],
+        "checks_per_minute": snapshot.checks_per_minute,
+        "not_modified_share": snapshot.not_modified_share,
+        "redis_refuses_writes": asdict(refusal) if refusal else None,
+    }
+
+
+def _resource_json(row: ResourceRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "check": row.check,
+        "url": row.url,
+        "schedule": row.schedule,
+        "state": row.state,
+        "outcome": row.outcome,
+        "status_code": row.status_code,
+        "not_modified": row.not_modified,
+        "summary": row.summary,
+        "last_run": iso(row.last_run),
+        "last_change": iso(row.last_change),
+        "next_run": iso(row.next_run),
+        "failures": row.failures,
+        "skipped": row.skipped,
+    }
+
+
+WORKER_TEXT = frozenset({"id", "host"})
+"""Worker fields kept as text even when they look like numbers (a host named 1234)."""
+
+
+def _worker_json(worker: dict[str, Any]) -> dict[str, Any]:
+    """A worker's heartbeat hash (all strings in Redis) with numbers as numbers, true/false
+    as booleans, and `seen` (ms) as an ISO-8601 time."""
+    typed = {k: v if k in WORKER_TEXT else _typed(v) for k, v in worker.items()}
+    if isinstance(typed.get("seen"), int | float):
+        typed["seen"] = iso(typed["seen"] / 1000)
+    return typed
+
+
+def _typed(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if value in ("True", "False"):  # str() of a Python bool, as the heartbeat writes it
+        return value == "True"
+    for kind in (int, float):
+        try:
+            number = kind(value)
+        except ValueError:
+            continue
+        return number if math.isfinite(number) else value
+    return value
+
+
+def iso(seconds: float | None) -> str | None:
+    """An epoch time as ISO-8601 UTC to the millisecond, e.g. 2026-12-03T12:00:00.123Z."""
+    if seconds is None:
+        return None
+    whole, ms = divmod(round(seconds * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
 
 
 def ago(moment: float | None, now: float) -> str:
@@ -143,16 +265,62 @@ def _span(seconds: float) -> str:
 
 
 def most_telling(rows: list[ResourceRow], limit: int) -> list[ResourceRow]:
-    """Failing resources first, then the most recently changed, then the next to run."""
+    """Down and failing resources first (the most failures first), then the most recently
+    changed, then the next to run."""
+    rank = {state: at for at, state in enumerate(STATES)}
     ordered = sorted(
         rows,
-        key=lambda r: (-r.failures, -(r.last_change or 0), r.next_run or math.inf, r.id),
+        key=lambda r: (
+            rank[r.state] if r.state in ("down", "failing") else len(STATES),
+            -r.failures,
+            -(r.last_change or 0),
+            r.next_run or math.inf,
+            r.id,
+        ),
     )
     return ordered[:limit]
 
 
 def render(snapshot: Snapshot, limit: int = 100) -> Group:
-    now = snapshot.time
+    shown = most_telling(snapshot.resources, limit)  # already so when collected
+    table = Table(expand=True, show_edge=False, pad_edge=False)
+    for column in ("resource", "check", "schedule", "state", "last run", "last change", "next"):
+        table.add_column(column, overflow="fold" if column == "state" else "ellipsis")
+    table.add_column("fails", justify="right")
+    for row in shown:
+        table.add_row(
+            row.id,
+            row.check,
+            row.schedule,
+            _state_text(row),
+            ago(row.last_run, snapshot.time),
+            ago(row.last_change, snapshot.time),
+            until(row.next_run, snapshot.time),
+            Text(str(row.failures), style="bold red" if row.failures else "dim"),
+        )
+    if not snapshot.total_resources:
+        table.add_row("(no resources: run `watcher sync`)", *[""] * 7)
+    if len(shown) < snapshot.total_resources:
+        hidden = snapshot.total_resources - len(shown)
+        note = f"{hidden:,} more not shown (down and failing, then changed first; --limit N)"
+        return Group(_header(snapshot), table, Text(note, style="dim"))
+    return Group(_header(snapshot), table)
+
+
+def _state_text(row: ResourceRow) -> Text:
+    """The state, then what went wrong or changed (with the last status code)."""
+    text = Text(row.state, style=STATE_STYLE[row.state])
+    if row.state == "waiting":
+        return text.append(" first run pending", style="dim")
+    # e.g. "unchanged: 503 Service Unavailable" of a down resource: the state says the rest
+    detail = row.summary.removeprefix(f"{row.outcome}: ") if row.state != "ok" else ""
+    code = "" if row.status_code is None else str(row.status_code)
+    if code and code not in detail:
+        detail = f"{code} {detail}".strip()
+    return text.append(f" {detail}" if detail else "", style="dim")
+
+
+def _header(snapshot: Snapshot) -> Text:
     c = snapshot.counts
     share = f"{snapshot.not_modified_share:.0%}" if snapshot.not_modified_share is not None else "—"
     header = Text.assemble(
@@ -160,20 +328,20 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
         (snapshot.queue, "bold"),
         ("  resources ", "dim"),
         f"{snapshot.total_resources:,}",
+        ("  failing ", "dim"),
+        (f"{snapshot.failing_now:,}", "bold red" if snapshot.failing_now else ""),
         ("  workers ", "dim"),
         str(len(snapshot.workers)),
         ("  checks/min ", "dim"),
         str(snapshot.checks_per_minute),
         ("  304 share ", "dim"),
         share,
-        ("  waiting ", "dim"),
+        ("  jobs queued ", "dim"),
         str(c["wait"]),
-        ("  active ", "dim"),
+        ("  running ", "dim"),
         str(c["active"]),
-        ("  retrying ", "dim"),
+        ("  retries pending ", "dim"),
         str(c["delayed"]),
-        ("  failed ", "dim"),
-        str(c["failed"]),
     )
     if c.get("fenced"):  # old runs' write-backs dropped: normal under overlap or a reconfig
         header.append_text(Text.assemble(("  fenced writes ", "dim"), str(c["fenced"])))
@@ -181,34 +349,7 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
         refusal = snapshot.redis_refuses_writes
         header.append(f"  Redis refuses writes: {refusal.code}", style="bold red")
         header.append(f" ({refusal.message})", style="red")
-    table = Table(expand=True, show_edge=False, pad_edge=False)
-    for column in ("resource", "check", "schedule", "last run", "result", "last change", "next"):
-        table.add_column(column, overflow="fold" if column == "result" else "ellipsis")
-    table.add_column("fails", justify="right")
-    shown = most_telling(snapshot.resources, limit)  # already so when collected
-    for row in shown:
-        outcome = row.outcome or "pending"
-        code = "" if row.status_code is None else f" {row.status_code}"
-        result = Text(outcome + code, style=OUTCOME_STYLE.get(outcome, "dim"))
-        if row.summary and outcome in ("failed", "retrying", "changed"):
-            result.append(f" {row.summary}", style="dim")
-        table.add_row(
-            row.id,
-            row.check,
-            row.schedule,
-            ago(row.last_run, now),
-            result,
-            ago(row.last_change, now),
-            until(row.next_run, now),
-            Text(str(row.failures), style="bold red" if row.failures else "dim"),
-        )
-    if not snapshot.total_resources:
-        table.add_row("(no resources: run `watcher sync`)", *[""] * 7)
-    if len(shown) < snapshot.total_resources:
-        hidden = snapshot.total_resources - len(shown)
-        note = f"{hidden:,} more not shown (failing and recently changed first; --limit N)"
-        return Group(header, table, Text(note, style="dim"))
-    return Group(header, table)
+    return header
 
 
 async def live(queue: Queue, console: Console, interval: float = 1.0, limit: int = 100) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from watcher.backoff import backoff
 from watcher.logs import setup_logging
+from watcher.registry import add_plugin_dir
 from watcher.tally import Tally
 
 __all__ = ["Supervisor", "WorkerProcess"]
@@ -52,6 +53,9 @@ class WorkerProcess:
     debug: bool = False
     worker: Mapping[str, Any] = field(default_factory=dict)
     """Worker options (lease, grace, ...), as `watcher.worker.Worker` takes them."""
+    plugin_dirs: tuple[str, ...] = ()
+    """Directories to import dotted-path checks from (the config file's), as
+    `watcher.registry.plugin_dirs()` gives them."""
 
     @property
     def grace(self) -> float:
@@ -63,6 +67,8 @@ def run_worker_process(options: WorkerProcess, reports: Connection) -> None:
     what its runs came to every second (on a pipe of its own: a child killed mid-write
     breaks only its own)."""
     setup_logging(options.debug, verbose=options.verbose)
+    for directory in options.plugin_dirs:
+        add_plugin_dir(directory)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(options, reports))
 
