@@ -34,7 +34,17 @@ from types import TracebackType
 from typing import Any
 
 DIE_MODES = ("no-response", "mid-body")
-SETTINGS = ("etag", "last_modified", "body", "status", "reason", "hang", "die")
+SETTINGS = (
+    "etag",
+    "last_modified",
+    "body",
+    "status",
+    "reason",
+    "hang",
+    "die",
+    "delay",
+    "headers",
+)
 
 
 @dataclass
@@ -75,6 +85,10 @@ class _Settings:
     reason: str | None = None
     hang: bool = False
     die: str | None = None
+    delay: float = 0.0
+    """Seconds each request is held before its answer (requests overlap meanwhile)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra headers on every answer: Retry-After, Cache-Control, ..."""
 
 
 @dataclass
@@ -121,6 +135,9 @@ class Origin:
         self.hang_timeout = hang_timeout
         self._lock = threading.Condition()
         self._requests: list[Seen] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        """The most requests held at once, each until its answer began."""
         self._gate = threading.Event()
         self._gate.set()
         self._connections: set[socket.socket] = set()
@@ -324,14 +341,32 @@ class _Handler(BaseHTTPRequestHandler):
             headers={name.lower(): value for name, value in self.headers.items()},
             body=body,
         )
+        with origin._lock:
+            origin.in_flight += 1
+            origin.max_in_flight = max(origin.max_in_flight, origin.in_flight)
+        try:
+            self._answer_request(seen)
+        finally:
+            with origin._lock:
+                if seen.status is None:  # not answered (died, broken): not in flight either
+                    origin.in_flight -= 1
+
+    def _answer_request(self, seen: Seen) -> None:
+        origin = self.origin
         if origin._arrive(seen):
             origin._gate.wait(origin.hang_timeout)
+        if delay := origin._settings.delay:
+            time.sleep(delay)
         with origin._lock:
             answer = origin._answer(seen)
+            answer.headers = [*answer.headers, *origin._settings.headers]
         if answer.die == "no-response":
             self.close_connection = True
             origin._finish(seen, "died", None)
             return
+        with origin._lock:  # from here the client may have its answer: no longer in flight
+            origin.in_flight -= 1
+            seen.status = answer.status
         try:
             self.send_response(answer.status, answer.reason)
             for name, value in answer.headers:

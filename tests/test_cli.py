@@ -278,7 +278,8 @@ def test_embedded_default(tmp_path: Path, origin: Origin) -> None:
     (tmp_path / "watcher.yaml").write_text("resources:\n" + resource("page", origin.url))
     run = start_run(tmp_path)
     try:
-        time.sleep(2.0)
+        asyncio.run(wait_for(lambda: len(origin.requests) >= 2, 30, what="two runs"))
+        time.sleep(0.3)  # the second run's outcome is written
     finally:
         run.send_signal(signal.SIGINT)
         out, _ = run.communicate(timeout=30)

@@ -30,7 +30,7 @@ from watcher.keeper import SyncWatch
 from watcher.logs import setup_logging
 from watcher.queue import UNAVAILABLE, Queue
 from watcher.redis_server import RedisServer, RedisServerError
-from watcher.registry import PluginError, load_check
+from watcher.registry import PluginError, add_plugin_dir, load_check, plugin_dirs
 from watcher.summary import summarize
 from watcher.supervisor import Supervisor, WorkerProcess
 from watcher.yaml_source import ConfigError
@@ -61,6 +61,7 @@ def read_config(path: str) -> Config:
     from watcher.config import load_config
 
     config = load_config(path)
+    add_plugin_dir(os.path.dirname(os.path.abspath(path)))  # dotted paths: beside the YAML
     problems = []
     failed: dict[str, PluginError | None] = {}
     for index, resource in enumerate(config.resources):
@@ -304,6 +305,9 @@ def print_plan(plan: Any, config: Config, dry_run: bool) -> None:
             console.print(Text.assemble((mark, style), line), highlight=False)
         if len(plan.steps) > len(shown):
             console.print(f"[dim]… and {len(plan.steps) - len(shown)} more")
+    for host, old, new in plan.budget_changes:
+        line = f" hosts.{host}  {old} → {new}"
+        console.print(Text.assemble(("~", "yellow"), line), highlight=False)
     counts = {a: len(plan.of(a)) for a in ("create", "update", "remove", "conflict")}
     summary = (
         f"{counts['create']} to create, {counts['update']} to update, "
@@ -416,6 +420,7 @@ def worker_process(args: argparse.Namespace, queue: Queue, config: Config | None
         verbose=args.verbose,
         debug=args.debug,
         worker={"watch_sync": False},  # the supervisor watches the sync marker for them all
+        plugin_dirs=plugin_dirs(),
     )
 
 

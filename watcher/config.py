@@ -39,6 +39,7 @@ from pydantic_core import ErrorDetails
 
 from watcher import secrets
 from watcher.connection import queue_name_for
+from watcher.hosts import DEFAULT_CONCURRENCY, Budget, host_key_problem, parse_rate
 from watcher.limits import BYTES_VARIABLE, Limits, format_size
 from watcher.masking import is_secret, mask_headers
 from watcher.schedule import Schedule, ScheduleError, format_duration
@@ -74,7 +75,15 @@ DEFAULT_EVERY = 300.0
 MIN_EVERY = 1.0
 """The shortest `every` a resource may ask for unless it sets `min_every` lower."""
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-TOP_LEVEL_KEYS = ("redis", "queue", "history_limit", "defaults", "notifiers", "resources")
+TOP_LEVEL_KEYS = (
+    "redis",
+    "queue",
+    "history_limit",
+    "hosts",
+    "defaults",
+    "notifiers",
+    "resources",
+)
 
 
 # ---------------------------------------------------------------------------- durations
@@ -498,12 +507,53 @@ RESOURCE_KEYS = tuple(ResourceConfig.model_fields)
 DEFAULTS_KEYS = tuple(key for key in RESOURCE_KEYS if key not in ("id", "url"))
 
 
+def _rate(value: Any) -> float:
+    if not isinstance(value, str):
+        raise ValueError(f"invalid rate {show(value)}; expected e.g. 5/s, 30/m or 1/10s")
+    return parse_rate(value)
+
+
+def _host_key(value: str) -> str:
+    if problem := host_key_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+class HostConfig(_Model):
+    """One entry of `hosts:`; a field it leaves out comes from `default`."""
+
+    rate: Annotated[float, BeforeValidator(_rate)] | None = None
+    """Seconds between requests at the sustained rate."""
+    burst: int | None = Field(default=None, ge=1, le=100_000)
+    concurrency: int | None = Field(default=None, ge=0, le=100_000)
+    """0: no limit."""
+
+
+def _budgets(hosts: Mapping[str, HostConfig]) -> dict[str, Budget]:
+    default = hosts.get("default", HostConfig())
+    budgets = {}
+    for key in {"default", *hosts}:
+        entry = hosts.get(key, default)
+        rate = entry.rate if entry.rate is not None else default.rate
+        candidates = (entry.concurrency, default.concurrency, DEFAULT_CONCURRENCY)
+        concurrency = next(c for c in candidates if c is not None)
+        budgets[key] = Budget(
+            interval_ms=max(1, round(rate * 1000)) if rate else 0,
+            burst=entry.burst or default.burst or 1,
+            concurrency=concurrency,
+        )
+    return budgets
+
+
 class Config(_Model):
     redis: RedisUrl | None = None
     """None: use the embedded Redis (``WATCHER_REDIS_URL`` is the CLI's business)."""
     queue: QueueName = "watcher"
     history_limit: int = Field(default=10_000, gt=0, le=10_000_000)
     """How many changes the history keeps (the `changes` stream's cap)."""
+    hosts: dict[Annotated[str, AfterValidator(_host_key)], HostConfig] = Field(
+        default_factory=dict
+    )
     notifiers: dict[str, NotifierConfig] = Field(default_factory=dict, validate_default=True)
     """Every defined notifier, including the implicit ``console``."""
     resources: list[ResourceConfig] = Field(default_factory=list)
@@ -514,6 +564,11 @@ class Config(_Model):
     @classmethod
     def _implicit_console(cls, value: dict[str, Any]) -> dict[str, Any]:
         return {"console": ConsoleNotifier(), **value}
+
+    def budgets(self) -> dict[str, Budget]:
+        """Every host budget the queue keeps: `default` (concurrency 8 unless it says
+        otherwise) and each entry of `hosts:`, completed from `default`."""
+        return _budgets(self.hosts)
 
     def error(self, path: Path, message: str) -> ConfigError:
         """A ConfigError at ``path`` in the file, e.g. ``("resources", 2, "check")``.
@@ -642,6 +697,8 @@ class _Validator:
             return DEFAULTS_KEYS
         if len(parent) == 2 and parent[0] == "resources":
             return RESOURCE_KEYS
+        if len(parent) == 2 and parent[0] == "hosts":
+            return tuple(HostConfig.model_fields)
         if len(parent) == 2 and parent[0] == "notifiers":
             definition = self.report.notifiers.get(str(parent[1]))
             kind = definition.get("type") if isinstance(definition, dict) else None

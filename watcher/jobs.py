@@ -110,6 +110,11 @@ class Finished:
     """The state to write back (JSON), or None to leave it."""
     report: str | None = None
     """The run's report for status (JSON), or None to leave it."""
+    pause: str = ""
+    """Pause the run's host: milliseconds (its Retry-After), "x" (back off: a 429 without
+    one), or "" (no pause)."""
+    pause_note: str = ""
+    """What the log says when this run starts a pause: "127.0.0.1 for 5s (429 ...)"."""
 
 
 @dataclass

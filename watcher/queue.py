@@ -68,6 +68,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from watcher.change import Change
+from watcher.hosts import Budget
 from watcher.jobs import DEFAULT_ATTEMPTS, Fence, FinishCode, Finished, Job, JobInfo, Lease
 from watcher.schedule import Schedule, ScheduleError
 from watcher.scripts import load_scripts
@@ -98,6 +99,9 @@ UPSERT_CHUNK = 1000
 SOCKET_TIMEOUT = 15.0  # seconds: far above any call's time, far below "hung"
 READ_CHUNK = 2000  # schedulers read per script call: about a millisecond of Redis time
 FIELDS_PER_TAKEN_JOB = 12  # take.lua's reply
+PAUSE_STARTED = 8  # finish.lua's flag on a job's code
+Held = dict[str, dict[str, int]]
+"""Runs held back for their host's budget: {host: {"concurrency" | "rate" | "paused": n}}."""
 FIELDS_PER_DUE = 4  # due.lua's reply
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -175,6 +179,19 @@ def refusal(exc: BaseException) -> Refusal | None:
 
 
 @dataclass(frozen=True)
+class HostState:
+    """One host's budget at work (`Queue.host_states`)."""
+
+    host: str
+    in_flight: int
+    parked: int
+    """Runs waiting for one of its concurrency slots."""
+    paused_until_ms: int | None
+    held: dict[str, int]
+    """Runs held back so far, by reason: concurrency, rate, paused."""
+
+
+@dataclass(frozen=True)
 class SyncMarker:
     """The last sync of a queue (its `synced` hash)."""
 
@@ -229,6 +246,8 @@ class SchedulerInfo:
     count: int
     skipped: int
     fails: int
+    attempts: int
+    """Attempts a run gets before it gives up."""
     owner: str
     scope: str
     overlap: bool
@@ -257,6 +276,7 @@ class SchedulerInfo:
             count=int(h.get("count", 0)),
             skipped=int(h.get("skipped", 0)),
             fails=int(h.get("fails", 0)),
+            attempts=int(h.get("attempts") or DEFAULT_ATTEMPTS),
             owner=h.get("owner", ""),
             scope=h.get("scope", ""),
             overlap=h.get("overlap") == "1",
@@ -647,11 +667,21 @@ class Queue:
     async def take(self, count: int, *, lease_ms: int, worker: str, token_prefix: str) -> list[Job]:
         """Lease up to `count` jobs for `worker`: a scheduler's run gets the scheduler's
         latest data and state, and the fence of its write-back."""
+        jobs, _ = await self.take_counting_held(
+            count, lease_ms=lease_ms, worker=worker, token_prefix=token_prefix
+        )
+        return jobs
+
+    async def take_counting_held(
+        self, count: int, *, lease_ms: int, worker: str, token_prefix: str
+    ) -> tuple[list[Job], Held]:
+        """`take`, and the runs it held back for their hosts' budgets: {host: {reason: n}}."""
         reply = await self._call("take", [count, lease_ms, worker, token_prefix])
         taken_at = int(reply[0])
+        held: Held = json.loads(reply[1]) if reply[1] else {}
         jobs = []
         for jid, token, name, data, state, sched, at, att, mx, seq, epoch, fails in _rows(
-            reply[1:], FIELDS_PER_TAKEN_JOB
+            reply[2:], FIELDS_PER_TAKEN_JOB
         ):
             jobs.append(
                 Job(
@@ -670,14 +700,24 @@ class Queue:
                     failures=int(fails or 0),
                 )
             )
-        return jobs
+        return jobs, held
 
     async def finish(
         self, finished: Sequence[Finished], *, keep_ms: int, keep_runs_ms: int, cap: int
     ) -> list[FinishCode]:
+        """`finish_pausing`, for callers that do not tell host pauses."""
+        codes, _ = await self.finish_pausing(
+            finished, keep_ms=keep_ms, keep_runs_ms=keep_runs_ms, cap=cap
+        )
+        return codes
+
+    async def finish_pausing(
+        self, finished: Sequence[Finished], *, keep_ms: int, keep_runs_ms: int, cap: int
+    ) -> tuple[list[FinishCode], list[Finished]]:
         """Complete, fail or retry jobs whose leases the caller holds; a scheduler run's
         state is written back fenced. Finished jobs are kept `keep_ms` (a scheduler's
-        successful run: `keep_runs_ms`), and the newest `cap` are listed."""
+        successful run: `keep_runs_ms`), and the newest `cap` are listed. Also returns the
+        finished runs that started a pause of their host (it was not paused before)."""
         rows = [
             [
                 f.lease.job_id,
@@ -687,11 +727,14 @@ class Queue:
                 f.payload,
                 KEEP if f.state is None else f.state,
                 KEEP if f.report is None else f.report,
+                f.pause,
             ]
             for f in finished
         ]
         reply = await self._call("finish", [keep_ms, keep_runs_ms, cap, _pack(rows)])
-        return [FinishCode(int(code)) for code in reply]
+        codes = [FinishCode(int(code) & ~PAUSE_STARTED) for code in reply]
+        paused = [f for f, code in zip(finished, reply, strict=True) if int(code) & PAUSE_STARTED]
+        return codes, paused
 
     async def extend(self, leases: Sequence[Lease], lease_ms: int) -> LostLeases:
         """Extend leases the caller still holds; returns those it lost."""
@@ -758,8 +801,18 @@ class Queue:
             pipe.get(self.key("stat:failed"))
             pipe.get(self.key("stat:fenced"))
             pipe.zcard(self.key("schedulers"))
+            pipe.zcard(self.key("failing"))
             replies = await pipe.execute()
-        names = ("wait", "active", "delayed", "completed", "failed", "fenced", "schedulers")
+        names = (
+            "wait",
+            "active",
+            "delayed",
+            "completed",
+            "failed",
+            "fenced",
+            "schedulers",
+            "failing",
+        )
         return {name: int(value or 0) for name, value in zip(names, replies, strict=True)}
 
     async def events(self, count: int = 100) -> list[dict[str, str]]:
@@ -825,6 +878,54 @@ class Queue:
                 pipe.hgetall(self.key(f"worker:{wid}"))
             details = await pipe.execute()
         return [{"id": wid, **info} for wid, info in zip(ids, details, strict=True)]
+
+    # -- host budgets ----------------------------------------------------------------------
+
+    async def set_budgets(self, budgets: Mapping[str, Budget]) -> bool:
+        """Replace the host budgets (watcher/hosts.py); True when they changed."""
+        encoded = {key: budget.encode() for key, budget in budgets.items()}
+        if await self.budgets_encoded() == encoded:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key("hosts"))
+            if encoded:
+                pipe.hset(self.key("hosts"), mapping={k: v for k, v in encoded.items()})
+            await pipe.execute()
+        return True
+
+    async def budgets_encoded(self) -> dict[str, str]:
+        return cast(dict[str, str], await self.redis.hgetall(self.key("hosts")))
+
+    async def host_states(self, hosts: Sequence[str]) -> dict[str, HostState]:
+        """What each host's budget is doing now: runs in flight and parked, pause, holds."""
+        now = await self.now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for host in hosts:
+                key = self.key(f"host:{host}")
+                pipe.hgetall(key)
+                pipe.zcount(f"{key}:slots", now, "+inf")
+                pipe.llen(f"{key}:waiting")
+            replies = await pipe.execute()
+        states = {}
+        for index, host in enumerate(hosts):
+            h, in_flight, parked = replies[3 * index : 3 * index + 3]
+            paused = int(h.get("paused") or 0)
+            states[host] = HostState(
+                host=host,
+                in_flight=int(in_flight),
+                parked=int(parked),
+                paused_until_ms=paused if paused > now else None,
+                held={k[5:]: int(v) for k, v in h.items() if k.startswith("held:")},
+            )
+        return states
+
+    async def host_names(self) -> list[str]:
+        """Every host with budget state in this queue (a SCAN: for status, not the hot path)."""
+        prefix = self.key("host:")
+        names = set()
+        async for key in self.redis.scan_iter(f"{prefix}*", count=10_000):
+            names.add(key[len(prefix) :].split(":slots")[0].split(":waiting")[0])
+        return sorted(names)
 
     # -- the other queues of this Redis ------------------------------------------------
 

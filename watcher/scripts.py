@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
+from watcher.hosts import MAX_PAUSE
 from watcher.jobs import DEFAULT_ATTEMPTS, JobState
 
 __all__ = ["CHANGED_MAX", "EVENTS_MAX", "MARKER_MAX", "Script", "load_scripts"]
@@ -36,6 +37,7 @@ def prelude() -> str:
         f"local EVENTS_MAX = {EVENTS_MAX}",
         f"local MARKER_MAX = {MARKER_MAX}",
         f"local CHANGED_MAX = {CHANGED_MAX}",
+        f"local MAX_PAUSE_MS = {round(MAX_PAUSE * 1000)}",
         *(f"local {state.name} = '{state.value}'" for state in JobState),
     ]
     return "\n".join(constants) + "\n" + _source("prelude")

@@ -34,6 +34,11 @@ def describe(tally: Tally, seconds: float, waiting: int | None) -> str:
         parts.append("lag p99 >60s" if math.isinf(lag) else f"lag p99 ≤{_ms(lag)}")
     if waiting is not None:
         parts.append(f"{waiting:,} waiting")
+    if tally.held:
+        (host, reason), count = max(tally.held.items(), key=lambda item: item[1])
+        others = len({host for host, _ in tally.held}) - 1
+        more = f" (+{others} more host{'s' * (others > 1)})" if others else ""
+        parts.append(f"held by host budgets: {host} {reason} {count:,}{more}")
     return " · ".join(parts)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watcher.config import Config, ConfigError, ConfigIssue, ResourceConfig
+from watcher.hosts import Budget
 from watcher.inventory import owner_path, why_orphaned
 from watcher.masking import mask_headers, mask_urls
 from watcher.queue import Queue, SchedulerSpec
@@ -44,13 +45,17 @@ class Step:
 class Plan:
     steps: list[Step]
     unchanged: int
+    budgets: dict[str, Budget] = field(default_factory=dict)
+    budget_changes: list[tuple[str, str, str]] = field(default_factory=list)
+    """(host, old, new) for each host budget the sync changes."""
 
     def of(self, action: str) -> list[Step]:
         return [s for s in self.steps if s.action == action]
 
     @property
     def empty(self) -> bool:
-        return not any(s.action in ("create", "update", "remove") for s in self.steps)
+        changes = any(s.action in ("create", "update", "remove") for s in self.steps)
+        return not changes and not self.budget_changes
 
 
 def owner_of(config: Config) -> str:
@@ -191,7 +196,22 @@ async def plan_sync(queue: Queue, config: Config, *, adopt: bool = False) -> Pla
     for id, current in existing.items():
         if current[4] == owner and id not in declared:
             steps.append(Step(id, "remove"))
-    return Plan(steps, unchanged)
+    budgets = config.budgets()
+    return Plan(steps, unchanged, budgets, _budget_changes(await queue.budgets_encoded(), budgets))
+
+
+def _budget_changes(
+    stored: Mapping[str, str], budgets: Mapping[str, Budget]
+) -> list[tuple[str, str, str]]:
+    def shown(encoded: str | None) -> str:
+        return Budget.decode(encoded).describe() if encoded else "(none)"
+
+    changed = []
+    for host in sorted(stored.keys() | budgets.keys()):
+        new = budgets[host].encode() if host in budgets else None
+        if stored.get(host) != new:
+            changed.append((host, shown(stored.get(host)), shown(new)))
+    return changed
 
 
 def _conflict(owner: str, orphaned: str | None) -> str:
@@ -204,6 +224,7 @@ def _conflict(owner: str, orphaned: str | None) -> str:
 async def apply_plan(
     queue: Queue, plan: Plan, progress: Callable[[int], None] | None = None, chunk: int = 2000
 ) -> None:
+    await queue.set_budgets(plan.budgets)
     upserts = [s.spec for s in plan.steps if s.action in ("create", "update") and s.spec]
     await queue.upsert_schedulers(upserts, progress)
     removals = [s.id for s in plan.of("remove")]

@@ -28,21 +28,30 @@ class Tally:
     """Ticks skipped because the resource's previous run was still going (no overlap)."""
     lags: list[int] = field(default_factory=_no_lags)
     """How late runs started after their planned time, as a histogram (LAG_BOUNDS_MS)."""
+    held: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Runs held back for their host's budget, by (host, reason: concurrency|rate|paused)."""
 
     def record_lag(self, ms: float) -> None:
         self.lags[bisect.bisect_left(LAG_BOUNDS_MS, ms)] += 1
 
+    def record_held(self, host: str, reasons: dict[str, int]) -> None:
+        for reason, count in reasons.items():
+            self.held[host, reason] = self.held.get((host, reason), 0) + count
+
     def add(self, other: Tally) -> None:
         for f in fields(self):
-            if f.name != "lags":
+            if f.name not in ("lags", "held"):
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.lags = [a + b for a, b in zip(self.lags, other.lags, strict=True)]
+        for (host, reason), count in other.held.items():
+            self.record_held(host, {reason: count})
 
     def take(self) -> Tally:
         """What was counted since the last take; counting starts again from zero."""
-        taken = replace(self, lags=list(self.lags))
+        taken = replace(self, lags=list(self.lags), held=dict(self.held))
         for f in fields(self):
             setattr(self, f.name, _no_lags() if f.name == "lags" else 0)
+        self.held = {}
         return taken
 
     def lag_p99_ms(self) -> float | None:

@@ -128,12 +128,14 @@ class Finisher:
             self.in_flight = {f.lease.job_id for f in batch}
             codes: Sequence[FinishCode | None]
             try:
-                codes = await self.queue.finish(
+                codes, paused = await self.queue.finish_pausing(
                     batch,
                     keep_ms=self.keep_ms,
                     keep_runs_ms=self.keep_runs_ms,
                     cap=self.finished_cap,
                 )
+                for finished in paused:  # once per pause: the run that started it says so
+                    log.warning("pausing host %s for every worker", finished.pause_note)
                 self.repeater.redis_ok()
                 failures = 0
             except Exception as exc:
@@ -300,9 +302,11 @@ class Worker:
             await self._slot_free.wait()
             return 0.0
         self._takes += 1
-        jobs = await self.queue.take(
+        jobs, held = await self.queue.take_counting_held(
             free, lease_ms=self.lease_ms, worker=self.id, token_prefix=f"{self.id}:{self._takes}:"
         )
+        for host, reasons in held.items():
+            self.tally.record_held(host, reasons)
         if not jobs:
             await self._wait_for_work()
         for job in jobs:

@@ -1,4 +1,4 @@
--- Extend the leases a worker still holds.
+-- Extend the leases a worker still holds (and their host slots, which expire with them).
 -- KEYS: active
 -- ARGV: prefix, lease ms, then id, token pairs.
 -- Returns: {taken, vanished}: the ids whose lease was lost (the token no longer matches), and
@@ -8,9 +8,13 @@ local P, lease = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local taken, vanished = {}, {}
 for b = 3, #ARGV, 2 do
-  local token = redis.call('HGET', P .. 'job:' .. ARGV[b], 'token')
+  local j = redis.call('HMGET', P .. 'job:' .. ARGV[b], 'token', 'host')
+  local token = j[1]
   if token == ARGV[b + 1] then
     redis.call('ZADD', active, 'XX', now + lease, ARGV[b])
+    if j[2] and j[2] ~= '' then
+      redis.call('ZADD', P .. 'host:' .. j[2] .. ':slots', 'XX', now + lease, ARGV[b])
+    end
   elseif token then
     taken[#taken + 1] = ARGV[b]
   else

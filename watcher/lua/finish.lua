@@ -2,24 +2,44 @@
 -- job's lease token (a job whose lease expired and was taken again is not the caller's).
 -- A completed scheduler run writes its state back fenced: only if the state epoch is unchanged
 -- and no newer run wrote first; a fenced-off write is counted in stat:fenced.
--- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing
+-- A run's host (take.lua leased it a slot) gets the slot back; a host that pushed back (429,
+-- or 503 with Retry-After) is paused for every worker: for its Retry-After, or after 429s
+-- without one, for 1 s doubling with each in a row (a success ends the streak).
+-- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing wait marker
 -- ARGV: prefix, keep ms, keep ms for a scheduler's successful run (its outcome lives on in the
--- scheduler's report), finished cap, then a JSON array with one array of 7 strings per job
+-- scheduler's report), finished cap, then a JSON array with one array of 8 strings per job
 -- (one argument: packing thousands costs a client most):
 --   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none),
---   report ("~" = none)
+--   report ("~" = none), host pause ("" none, ms, or "x": back off)
 -- Returns: one code per job: 1 done, 0 lease lost, 2 done but its state write was fenced off,
--- 3 vanished (its hash is gone: Redis lost its data, or it ran elsewhere and expired).
+-- 3 vanished (its hash is gone: Redis lost its data, or it ran elsewhere and expired); plus 8
+-- when this job started a pause of its host (the host was not paused before).
 local active, delayed, events, finished = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local completed, failed, fenced, failing = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local wait, marker = KEYS[9], KEYS[10]
 local P, keep, keep_runs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
+
+local function pause_host(h, pause)
+  local hk = P .. 'host:' .. h
+  local ms
+  if pause == 'x' then
+    ms = 1000 * 2 ^ (redis.call('HINCRBY', hk, 'strikes', 1) - 1)
+  else
+    ms = tonumber(pause)
+  end
+  local until_ms = now + math.min(ms, MAX_PAUSE_MS)
+  local was = tonumber(redis.call('HGET', hk, 'paused') or '0')
+  if until_ms > was then redis.call('HSET', hk, 'paused', until_ms) end
+  return was <= now and 8 or 0
+end
+
 local out = {}
 for _, row in ipairs(cjson.decode(ARGV[5])) do
-  local jid, token, kind, delay, payload, state, report =
-    row[1], row[2], row[3], row[4], row[5], row[6], row[7]
+  local jid, token, kind, delay, payload, state, report, pause =
+    row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8]
   local jk = P .. 'job:' .. jid
-  local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch')
+  local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch', 'host')
   if not j[3] then
     out[#out + 1] = 3
   elseif j[1] ~= token then
@@ -27,6 +47,15 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
   else
     local code = 1
     redis.call('ZREM', active, jid)
+    local h = j[7]
+    if h and h ~= '' then
+      free_slot(P, h, jid, wait, marker)
+      if pause ~= '' then
+        code = code + pause_host(h, pause)
+      elseif kind == 'ok' then
+        redis.call('HDEL', P .. 'host:' .. h, 'strikes')
+      end
+    end
     local sk = j[2] ~= '' and (P .. 'scheduler:' .. j[2]) or nil
     -- A run of an earlier epoch (the scheduler was reset, or removed and created again)
     -- leaves the scheduler's failures, report and state alone.
@@ -58,7 +87,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
           redis.call('HSET', sk, 'state', state, 'wseq', j[5])
           redis.call('HINCRBY', sk, 'rev', 1)
         else
-          code = 2
+          code = code + 1
           redis.call('INCR', fenced)
         end
       end

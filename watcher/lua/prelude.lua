@@ -36,3 +36,29 @@ end
 local function recovered(scheduler_key, failing, id)
   if redis.call('HDEL', scheduler_key, 'fails') == 1 then redis.call('ZREM', failing, id) end
 end
+
+-- The host of a URL in a scheduler's data JSON (compact, as the queue writes it): lower case,
+-- without user info or port; '' when there is none.
+local function host_of(data)
+  local authority = string.match(data, '"url":"%a[%w+.-]*://([^/?#"]*)')
+  if not authority then return '' end
+  authority = string.gsub(authority, '^.*@', '')
+  if string.sub(authority, 1, 1) == '[' then
+    authority = string.match(authority, '^%[[^%]]*%]') or authority
+  else
+    authority = string.gsub(authority, ':%d*$', '')
+  end
+  return string.lower(authority)
+end
+
+-- A run on host `h` ended or was given back: its slot is free, so the host's longest parked
+-- run (take.lua parks runs beyond the host's concurrency) goes to the front of wait.
+local function free_slot(prefix, h, jid, wait, marker)
+  local hk = prefix .. 'host:' .. h
+  redis.call('ZREM', hk .. ':slots', jid)
+  local parked = redis.call('LPOP', hk .. ':waiting')
+  if parked then
+    redis.call('LPUSH', wait, parked)
+    wake(marker)
+  end
+end

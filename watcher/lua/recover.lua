@@ -1,5 +1,6 @@
 -- Recover jobs whose lease expired (their worker died or lost Redis for too long): back to
--- the front of wait with a new token on the next take, or failed once attempts are used up.
+-- the front of wait with a new token on the next take, or failed once attempts are used up;
+-- their host slots are freed.
 -- KEYS: active wait marker events finished stat:failed failing
 -- ARGV: prefix, max jobs, keep ms, finished cap.
 -- Returns: the number of expired leases handled (requeued or failed).
@@ -12,7 +13,8 @@ local requeued = 0
 for _, jid in ipairs(expired) do
   redis.call('ZREM', active, jid)
   local jk = P .. 'job:' .. jid
-  local j = redis.call('HMGET', jk, 'att', 'max', 'sched', 'wk')
+  local j = redis.call('HMGET', jk, 'att', 'max', 'sched', 'wk', 'host')
+  if j[5] and j[5] ~= '' then free_slot(P, j[5], jid, wait, marker) end
   if j[1] then
     if tonumber(j[1]) >= tonumber(j[2]) then
       redis.call('HSET', jk, 'st', FAILED, 'token', '', 'err', 'lease expired on every attempt',

@@ -2,12 +2,18 @@
 -- (active ZSET: job -> deadline) under a fresh token. A scheduler's run reads the scheduler's
 -- data and state now (the latest), and gets a run sequence number and the state epoch that
 -- fence its write-back.
--- KEYS: delayed wait active marker
+-- When the queue has host budgets (the `hosts` hash, written by sync), a run is admitted
+-- only within its host's: not while the host is paused (then delayed until the pause ends),
+-- not beyond its concurrency (then parked in the host's `waiting` list until a slot is
+-- freed: see free_slot), not beyond its rate (then delayed to its reserved place in the
+-- bucket, GCRA). A held run is not attempted: no attempt, failure or retry is counted.
+-- KEYS: delayed wait active marker hosts
 -- ARGV: prefix, n, lease ms, worker id, token prefix.
--- Returns: the server time (ms) the jobs were taken, then 12 fields per job: id, token, name,
--- data, state, scheduler, at, attempt, max, seq, epoch, the scheduler's failures in a row
+-- Returns: the server time (ms) the jobs were taken, the runs held back as JSON
+-- ({host: {reason: count}}, "" for none), then 12 fields per job: id, token, name, data,
+-- state, scheduler, at, attempt, max, seq, epoch, the scheduler's failures in a row
 -- (scheduler, at, seq, epoch and failures are "" for a one-off job).
-local delayed, wait, active, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local delayed, wait, active, marker, hosts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local P, n, lease, worker, tp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
@@ -17,31 +23,108 @@ for _, jid in ipairs(due) do
   redis.call('HSET', P .. 'job:' .. jid, 'st', WAIT)
 end
 local ids = redis.call('LPOP', wait, n)
-if not ids then return {now} end
-local out = {now}
+if not ids then return {now, ''} end
+
+local limited = redis.call('EXISTS', hosts) == 1
+local budgets, held, any_held = {}, {}, false
+
+-- The budget of host h: its own entry, else the nearest *.domain wildcard, else default.
+local function budget_of(h)
+  if budgets[h] == nil then
+    local text = redis.call('HGET', hosts, h)
+    local rest = h
+    while not text do
+      local dot = string.find(rest, '.', 1, true)
+      if not dot then break end
+      rest = string.sub(rest, dot + 1)
+      text = redis.call('HGET', hosts, '*.' .. rest)
+    end
+    text = text or redis.call('HGET', hosts, 'default')
+    if text then
+      local interval, burst, conc = string.match(text, '^(%d+) (%d+) (%d+)$')
+      budgets[h] = {interval = tonumber(interval), burst = tonumber(burst), conc = tonumber(conc)}
+    else
+      budgets[h] = false
+    end
+  end
+  return budgets[h]
+end
+
+local function hold(h, reason, hk)
+  redis.call('HINCRBY', hk, 'held:' .. reason, 1)
+  held[h] = held[h] or {}
+  held[h][reason] = (held[h][reason] or 0) + 1
+  any_held = true
+  return reason
+end
+
+-- Nil when the run may start now (its slot and token taken), else why it is held.
+local function admit(jid, jk, h, b, reserved)
+  local hk = P .. 'host:' .. h
+  local paused = tonumber(redis.call('HGET', hk, 'paused') or '0')
+  if paused > now then
+    redis.call('ZADD', delayed, paused, jid)
+    redis.call('HSET', jk, 'st', DELAYED)
+    return hold(h, 'paused', hk)
+  end
+  local slots = hk .. ':slots'
+  if b.conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now) -- slots of workers that died
+    if redis.call('ZCARD', slots) >= b.conc then
+      redis.call('RPUSH', hk .. ':waiting', jid)
+      return hold(h, 'concurrency', hk)
+    end
+  end
+  if b.interval > 0 and reserved ~= '1' then
+    local tat = math.max(tonumber(redis.call('HGET', hk, 'tat') or '0'), now)
+    redis.call('HSET', hk, 'tat', tat + b.interval)
+    local allowed = tat - (b.burst - 1) * b.interval
+    if allowed > now then
+      redis.call('ZADD', delayed, allowed, jid)
+      redis.call('HSET', jk, 'st', DELAYED, 'rsv', '1')
+      return hold(h, 'rate', hk)
+    end
+  end
+  if b.conc > 0 then redis.call('ZADD', slots, now + lease, jid) end
+  return nil
+end
+
+local out = {now, ''}
 for i, jid in ipairs(ids) do
   local jk = P .. 'job:' .. jid
-  local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max')
+  local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max', 'rsv')
   if j[5] then
     local name, data, state, seq, epoch, fails = j[1], j[4] or '', '', '', '', ''
     local runnable = true
+    local sk = nil
     if j[2] ~= '' then
-      local sk = P .. 'scheduler:' .. j[2]
+      sk = P .. 'scheduler:' .. j[2]
       local s = redis.call('HMGET', sk, 'name', 'data', 'state', 'epoch', 'fails')
       if not s[1] then
         runnable = false -- the scheduler was removed after this run fired
         redis.call('DEL', jk)
       else
         name, data, state, epoch, fails = s[1], s[2] or '{}', s[3] or '', s[4], s[5] or '0'
+      end
+    end
+    local h = ''
+    if runnable and limited then
+      h = host_of(data)
+      local b = h ~= '' and budget_of(h)
+      if b and admit(jid, jk, h, b, j[7]) then runnable = false end
+      if not b then h = '' end
+    end
+    if runnable then
+      if sk then
         seq = redis.call('HINCRBY', sk, 'seq', 1)
         redis.call('HSET', sk, 'last_run', now)
       end
-    end
-    if runnable then
       local token = tp .. i
       local att = tonumber(j[5]) + 1
       redis.call('HSET', jk, 'st', ACTIVE, 'token', token, 'wk', worker, 'started', now,
         'att', att, 'seq', seq, 'epoch', epoch)
+      if h ~= '' then redis.call('HSET', jk, 'host', h) end -- its slot is freed by this name
+      if j[7] then redis.call('HDEL', jk, 'rsv') end
       redis.call('ZADD', active, now + lease, jid)
       for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch, fails}) do
         out[#out + 1] = v
@@ -49,5 +132,6 @@ for i, jid in ipairs(ids) do
     end
   end
 end
+if any_held then out[2] = cjson.encode(held) end
 if redis.call('LLEN', wait) > 0 then wake(marker) end
 return out

@@ -1,0 +1,108 @@
+"""Per-host budgets, held in Redis for every worker at once (DESIGN guarantee 11): a host's
+concurrency and rate hold across worker processes, a dead worker's slots come back with its
+lease, a host that answers 429 with Retry-After is paused for every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from watcher.hosts import Budget
+from watcher.queue import Queue
+from watcher.ticker import Ticker
+
+from .helpers import Watcher, wait_for
+from .origin import Origin
+
+LEASE_MS = 1000
+
+
+@pytest.fixture
+def second_origin() -> Iterator[Origin]:
+    with Origin() as origin:
+        yield origin
+
+
+def resources(prefix: str, base: str, count: int, every: str = "1s") -> str:
+    return "".join(
+        f"  - id: {prefix}{n}\n    url: {base}{prefix}/{n}\n    every: {every}\n"
+        for n in range(count)
+    )
+
+
+def most_in_any_second(arrivals: list[float]) -> int:
+    arrivals = sorted(arrivals)
+    most, start = 0, 0
+    for end, at in enumerate(arrivals):
+        while at - arrivals[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def test_a_host_budget_holds_across_three_worker_processes(
+    tmp_path: Path, redis_url: str, queue_name: str, origin: Origin, second_origin: Origin
+) -> None:
+    """200 resources every 1s on one host with rate 20/s, burst 5, concurrency 4: never more
+    than 4 in flight nor 25 in a second; 50 resources on another host run at full speed."""
+    origin.set(delay=0.05)
+    other = second_origin.url.replace("127.0.0.1", "localhost")
+    (tmp_path / "watcher.yaml").write_text(
+        f"redis: {redis_url}\nqueue: {queue_name}\n"
+        "hosts:\n  127.0.0.1: {rate: 20/s, burst: 5, concurrency: 4}\n"
+        "resources:\n" + resources("busy", origin.url, 200) + resources("free", other, 50)
+    )
+    run = Watcher("run", "--processes", "3", "--summary", "2", cwd=tmp_path)
+    try:
+        asyncio.run(wait_for(lambda: run.saying("watching"), 30, what="run started"))
+        started = time.monotonic()
+        time.sleep(8.0)
+        window = time.monotonic() - started
+    finally:
+        assert run.stop() == 0, run.output
+    busy = [r.at for r in origin.requests]
+    free = second_origin.requests
+    print(
+        f"\npoliteness: {len(busy)} requests to the limited host, in flight at most "
+        f"{origin.max_in_flight}, at most {most_in_any_second(busy)} in any second; "
+        f"{len(free)} to the other host in about {window:.0f}s"
+    )
+    assert origin.max_in_flight <= 4
+    assert most_in_any_second(busy) <= 25
+    assert len(busy) >= 20 * 5  # the budget is used, not starved
+    assert len(free) >= 50 * 5  # the other host is not held back by the busy one
+    held = run.saying("held by host budgets: 127.0.0.1")
+    assert held, run.output  # the summary says which host and which limit holds checks back
+
+
+async def test_the_slots_of_a_worker_that_died_come_back_with_its_lease(queue: Queue) -> None:
+    await queue.set_budgets({"default": Budget(concurrency=2)})
+    for n in range(4):
+        await queue.upsert_scheduler(
+            f"r{n}",
+            name="etag",
+            data={"url": f"http://host.test/{n}"},
+            every=3600,
+            immediately=True,
+        )
+    await Ticker(queue).tick()
+    taken, held = await queue.take_counting_held(
+        10, lease_ms=LEASE_MS, worker="dead", token_prefix="d"
+    )
+    assert len(taken) == 2 and held == {"host.test": {"concurrency": 2}}
+    # The worker dies here: its two runs are never finished nor extended.
+    assert await queue.take(10, lease_ms=LEASE_MS, worker="alive", token_prefix="a") == []
+    await asyncio.sleep(LEASE_MS / 1000 + 0.1)
+    await queue.recover(limit=100, keep_ms=60_000, cap=100)
+    rescued = await wait_for(
+        lambda: queue.take(10, lease_ms=LEASE_MS, worker="alive", token_prefix="b"),
+        5,
+        what="the dead worker's slots",
+    )
+    assert len(rescued) == 2  # the concurrency holds: two at a time, the other two parked
+    states = await queue.host_states(["host.test"])
+    assert states["host.test"].in_flight == 2 and states["host.test"].parked == 2
