@@ -5,6 +5,7 @@ lease, a host that answers 429 with Retry-After is paused for every worker."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from watcher.ticker import Ticker
 
 from .helpers import Watcher, wait_for
 from .origin import Origin
+from .test_cli import watcher
 
 LEASE_MS = 1000
 
@@ -77,6 +79,10 @@ def test_a_host_budget_holds_across_three_worker_processes(
     assert len(free) >= 50 * 5  # the other host is not held back by the busy one
     held = run.saying("held by host budgets: 127.0.0.1")
     assert held, run.output  # the summary says which host and which limit holds checks back
+    status = watcher("status", cwd=tmp_path)
+    assert "held so far: concurrency" in status.stdout, status.stdout
+    hosts = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)["hosts"]
+    assert hosts["127.0.0.1"]["held"]["rate"] > 0
 
 
 async def test_the_slots_of_a_worker_that_died_come_back_with_its_lease(queue: Queue) -> None:
@@ -106,3 +112,39 @@ async def test_the_slots_of_a_worker_that_died_come_back_with_its_lease(queue: Q
     assert len(rescued) == 2  # the concurrency holds: two at a time, the other two parked
     states = await queue.host_states(["host.test"])
     assert states["host.test"].in_flight == 2 and states["host.test"].parked == 2
+
+
+def test_a_429_with_retry_after_pauses_the_host_for_every_worker(
+    tmp_path: Path, redis_url: str, queue_name: str, origin: Origin, second_origin: Origin
+) -> None:
+    other = second_origin.url.replace("127.0.0.1", "localhost")
+    (tmp_path / "watcher.yaml").write_text(
+        f"redis: {redis_url}\nqueue: {queue_name}\nresources:\n"
+        + resources("pushy", origin.url, 5)
+        + resources("calm", other, 5)
+    )
+    run = Watcher("run", "--processes", "2", cwd=tmp_path)
+    try:
+        asyncio.run(wait_for(lambda: len(origin.requests) >= 10, 30, what="first checks"))
+        origin.set(status=429, reason="Too Many Requests", headers=(("Retry-After", "5"),))
+        first = asyncio.run(
+            wait_for(
+                lambda: next((r for r in origin.requests if r.status == 429), None),
+                10,
+                what="a 429",
+            )
+        )
+        origin.set(status=None, reason=None, headers=())
+        asyncio.run(
+            wait_for(
+                lambda: any(r.at > first.at + 4 for r in origin.requests), 15, what="the pause end"
+            )
+        )
+    finally:
+        assert run.stop() == 0, run.output
+    during = [r.at - first.at for r in origin.requests if 0.5 < r.at - first.at < 4.8]
+    calm = [r for r in second_origin.requests if first.at < r.at < first.at + 4.8]
+    print(f"\n429 pause: {len(during)} requests to the paused host, {len(calm)} to the other")
+    assert during == [], during
+    assert len(calm) >= 5 * 3  # the other host is untouched
+    assert len(run.saying("pausing host 127.0.0.1 for 5s")) == 1, run.output

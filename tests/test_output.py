@@ -46,7 +46,7 @@ async def test_default_output_is_changes_failures_and_one_summary_for_all(
         origin.set(etag='"v2"')
         await wait_for(lambda: len(run.saying("changed: ")) >= 3, 15, what="3 changes said")
         origin.set(status=503)
-        await wait_for(lambda: run.saying("failed after"), 30, what="a run that gave up")
+        await wait_for(lambda: run.saying("gave up after"), 30, what="a run that gave up")
         origin.set(status=None)
         await wait_for(lambda: run.saying("recovered after"), 30, what="a recovery")
         summaries_before = len(run.saying(" checks in "))

@@ -551,9 +551,7 @@ class Config(_Model):
     queue: QueueName = "watcher"
     history_limit: int = Field(default=10_000, gt=0, le=10_000_000)
     """How many changes the history keeps (the `changes` stream's cap)."""
-    hosts: dict[Annotated[str, AfterValidator(_host_key)], HostConfig] = Field(
-        default_factory=dict
-    )
+    hosts: dict[Annotated[str, AfterValidator(_host_key)], HostConfig] = Field(default_factory=dict)
     notifiers: dict[str, NotifierConfig] = Field(default_factory=dict, validate_default=True)
     """Every defined notifier, including the implicit ``console``."""
     resources: list[ResourceConfig] = Field(default_factory=list)

@@ -16,7 +16,7 @@
 
 Use it through the context (``ctx.fetch()``, ``ctx.stream()``, ``ctx.read_body()``) or
 call these functions with the context. Imports only the check API, httpx and the shared
-client's `InvalidResponse`.
+client's `InvalidResponse` and `PlainFailure`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from watcher.check import (
     TransientCheckError,
     parse_retry_after,
 )
-from watcher.http import InvalidResponse
+from watcher.http import InvalidResponse, PlainFailure
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -218,11 +218,12 @@ def transport_error(exc: httpx.HTTPError, url: httpx.URL | str) -> CheckFailed:
         return CheckFailed(f"invalid response: {_text(exc)}")
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         return CheckFailed(f"invalid request to {url}: {_text(exc)}")
-    # httpx-aiohttp reports a refused connection as ConnectTimeout: say "cannot connect".
+    if isinstance(exc, PlainFailure):  # the shared client's: already in plain words
+        return TransientCheckError(str(exc))
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return TransientCheckError(f"cannot connect: {url}: {_text(exc)}")
-    if isinstance(exc, httpx.TimeoutException):
-        return TransientCheckError(f"timed out: {url}: {_text(exc)}")
+        return TransientCheckError(f"cannot connect to {url}: {_text(exc)}")
+    if isinstance(exc, httpx.TimeoutException):  # the transports' texts differ, say none
+        return TransientCheckError(f"timed out waiting for {url}")
     return TransientCheckError(f"transport error: {url}: {_text(exc)}")
 
 

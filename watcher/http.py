@@ -2,19 +2,30 @@
 
 Both transports are wrapped so that they behave alike where they differ on their own:
 a response that breaks HTTP (a header block too large, too many headers, a bad chunk
-size, a status outside 100-599) raises `InvalidResponse`, and credentials in a URL's user
-info are sent only as the ``Authorization`` header httpx makes of them.
+size, a status outside 100-599) raises `InvalidResponse`; a failure to connect or to get
+an answer raises a `PlainFailure` of the usual httpx class, saying what happened in plain
+words ("cannot connect to example.org:443: connection refused", "cannot resolve host
+example.org", "TLS certificate error with ...: certificate has expired"); and credentials
+in a URL's user info are sent only as the ``Authorization`` header httpx makes of them.
 """
 
 from __future__ import annotations
 
 import re
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import h11
 import httpx
 
-__all__ = ["MAX_RESPONSE_HEADERS", "TRANSPORTS", "InvalidResponse", "make_client"]
+__all__ = [
+    "MAX_RESPONSE_HEADERS",
+    "TRANSPORTS",
+    "InvalidResponse",
+    "PlainFailure",
+    "make_client",
+]
 
 TRANSPORTS = ("aiohttp", "httpx")
 MAX_RESPONSE_HEADERS = 128
@@ -24,6 +35,32 @@ _REASON_LIMIT = 160
 
 class InvalidResponse(httpx.RemoteProtocolError):
     """The server's answer breaks HTTP; asking again will not help."""
+
+
+class PlainFailure(httpx.TransportError):
+    """A failure to connect or to get an answer; its text says what happened in plain
+    words, the same from both transports. Raised as a subclass of the httpx class that
+    fits (`httpx.ConnectError`, `httpx.ReadTimeout`, ...)."""
+
+
+class _CannotConnect(PlainFailure, httpx.ConnectError):
+    pass
+
+
+class _ConnectTimedOut(PlainFailure, httpx.ConnectTimeout):
+    pass
+
+
+class _AnswerTimedOut(PlainFailure, httpx.ReadTimeout):
+    pass
+
+
+class _NoAnswer(PlainFailure, httpx.RemoteProtocolError):
+    pass
+
+
+class _Reset(PlainFailure, httpx.ReadError):
+    pass
 
 
 def make_client(
@@ -46,9 +83,9 @@ def make_client(
         # Imported here so that the httpx transport does not pay for importing aiohttp.
         from httpx_aiohttp import AiohttpTransport
 
-        chosen = _Guarded(AiohttpTransport(limits=limits), _aiohttp_violation)
+        chosen = _Guarded(AiohttpTransport(limits=limits), _aiohttp_violation, _aiohttp_failure)
     elif transport == "httpx":
-        chosen = _Guarded(httpx.AsyncHTTPTransport(limits=limits), _h11_violation)
+        chosen = _Guarded(httpx.AsyncHTTPTransport(limits=limits), _h11_violation, _httpx_failure)
     else:
         raise ValueError(f"unknown HTTP transport {transport!r}; expected one of {TRANSPORTS}")
     client = httpx.AsyncClient(
@@ -71,12 +108,18 @@ class _NoCookies(httpx.Cookies):
 
 Violation = Callable[[BaseException], str | None]
 """What HTTP rule a transport's exception says the server broke, or None if none."""
+Failure = Callable[[BaseException], str | None]
+"""Which failure (a key of `_FAILURES`) a transport's own exception is: None if it does
+not say, `_LEAVE` if it is none of them."""
 
 
 class _Guarded(httpx.AsyncBaseTransport):
-    def __init__(self, inner: httpx.AsyncBaseTransport, violation: Violation) -> None:
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, violation: Violation, failure: Failure
+    ) -> None:
         self._inner = inner
         self._violation = violation
+        self._failure = failure
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.userinfo:
@@ -87,9 +130,12 @@ class _Guarded(httpx.AsyncBaseTransport):
             response = await self._inner.handle_async_request(request)
         except Exception as exc:
             reason = self._violation(exc)
-            if reason is None:
+            if reason is not None:
+                raise InvalidResponse(reason, request=request) from exc
+            plain = _plain_failure(exc, request, self._failure)
+            if plain is None:
                 raise
-            raise InvalidResponse(reason, request=request) from exc
+            raise plain from exc
         reason = _header_violation(response)
         if reason is not None:
             await response.aclose()
@@ -180,3 +226,111 @@ def _one_line(message: str) -> str:
     parts = [line.strip() for line in message.splitlines()]
     text = " ".join(part for part in parts if part and part.strip("^ "))
     return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 1] + "…"
+
+
+_FAILURES: dict[str, tuple[type[PlainFailure], str]] = {
+    "dns": (_CannotConnect, "cannot resolve host {host}"),
+    "refused": (_CannotConnect, "cannot connect to {where}: connection refused"),
+    "connect": (_CannotConnect, "cannot connect to {where}: {detail}"),
+    "connect-timeout": (_ConnectTimedOut, "cannot connect to {where}: timed out"),
+    "tls": (_CannotConnect, "TLS error with {where}: {detail}"),
+    "certificate": (_CannotConnect, "TLS certificate error with {where}: {detail}"),
+    "read-timeout": (_AnswerTimedOut, "timed out waiting for {where}"),
+    "closed": (_NoAnswer, "{where} closed the connection without an answer"),
+    "reset": (_Reset, "connection reset by {where}"),
+}
+
+
+def _plain_failure(
+    exc: BaseException, request: httpx.Request, failure: Failure
+) -> PlainFailure | None:
+    """`exc` said in plain words, or None when it is no failure to connect or to get an
+    answer. The innermost cause that says what happened wins: the transports wrap the
+    same OS and TLS errors in classes of their own."""
+    causes = list(_causes(exc))
+    for cause in reversed(causes):
+        kind = _os_failure(cause) or failure(cause)
+        if kind == _LEAVE:
+            return None
+        if kind is not None:
+            made, template = _FAILURES[kind]
+            text = template.format(
+                host=request.url.host, where=_where(request.url), detail=_detail(cause, causes)
+            )
+            return made(text, request=request)
+    return None
+
+
+_LEAVE = ""
+"""A transport's failure kind for an exception that is none of `_FAILURES`."""
+
+
+def _os_failure(exc: BaseException) -> str | None:
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "certificate"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    return None
+
+
+def _httpx_failure(exc: BaseException) -> str | None:
+    """httpx's transport, by its classes (and httpcore's words for the answer that never
+    came)."""
+    if isinstance(exc, httpx.ReadTimeout):
+        return "read-timeout"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect-timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect"
+    if isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith("Server disconnected"):
+        return "closed"
+    return None
+
+
+def _aiohttp_failure(exc: BaseException) -> str | None:
+    """aiohttp's transport, by aiohttp's classes: httpx-aiohttp maps them to httpx classes
+    that do not fit (any connection error becomes a ConnectTimeout)."""
+    from aiohttp import (
+        ClientConnectorError,
+        ClientError,
+        ConnectionTimeoutError,
+        ServerDisconnectedError,
+        SocketTimeoutError,
+    )
+
+    if isinstance(exc, ServerDisconnectedError):
+        return "closed"
+    if isinstance(exc, ConnectionTimeoutError):
+        return "connect-timeout"
+    if isinstance(exc, SocketTimeoutError):
+        return "read-timeout"
+    if isinstance(exc, ClientConnectorError):
+        return "connect"
+    if isinstance(exc, ClientError):
+        return _LEAVE
+    return _httpx_failure(exc)
+
+
+def _where(url: httpx.URL) -> str:
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
+def _detail(cause: BaseException, causes: list[BaseException]) -> str:
+    """What went wrong, without the transports' wrapping: a certificate's verify message,
+    a TLS error's text, or the innermost OS error's."""
+    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+        return str(cause.verify_message)
+    if isinstance(cause, ssl.SSLError):
+        match = re.fullmatch(r"\[[^]]*\] (.*?)(?: \(_ssl\.c:\d+\))?", str(cause))
+        return match.group(1) if match else str(cause)
+    os_error = next((e for e in reversed(causes) if isinstance(e, OSError) and e.strerror), None)
+    text = os_error.strerror if os_error is not None else _one_line(str(cause))
+    return (text[:1].lower() + text[1:]) if text else type(cause).__name__

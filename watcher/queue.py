@@ -35,6 +35,13 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           jobs (capped ~10,000)
   changes          STREAM the change history (capped, configurable)
   workers          ZSET   worker id -> last heartbeat (ms);  worker:<id> HASH its details
+  hosts            HASH   host budgets from `hosts:` (host, *.domain or default -> "interval_ms
+                          burst concurrency"); absent: no budgets (take admits every run)
+  host:<h>         HASH   a host's budget state: tat (GCRA), paused (until ms), strikes (429s
+                          in a row), held:<reason> counters
+  host:<h>:slots   ZSET   job id -> lease deadline: the host's runs in flight
+  host:<h>:waiting LIST   runs parked over the host's concurrency, freed one per ended run
+  parked           SET    hosts with parked runs (recover.lua frees them when slots lapse)
   synced           HASH   at (ms), source (the config file), resources: written by every
                           sync; a worker that finds it gone knows Redis lost the queue's
                           data (restarted without persistence, or flushed)

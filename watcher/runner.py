@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -29,11 +31,13 @@ from watcher.check import (
 )
 from watcher.config import NotifierConfig
 from watcher.fetch import run_check
+from watcher.hosts import MAX_PAUSE
 from watcher.http import make_client
 from watcher.masking import RedactingLogger
 from watcher.notifiers import ConsoleNotifier, Notifier, build_notifiers, notify_all
 from watcher.queue import Queue
 from watcher.registry import PluginError, load_check
+from watcher.schedule import format_duration
 from watcher.summary import summarize
 from watcher.tally import Tally
 from watcher.worker import Fail, Handler, Job, Outcome, Retry, Worker
@@ -44,6 +48,9 @@ log = logging.getLogger("watcher.runs")
 """Changes (when no console notifier says them), failures that end a run, recoveries."""
 checks_log = logging.getLogger("watcher.checks")
 """A line per check and per retried attempt: `watcher run -v`."""
+
+NEXT_RUN_WAIT = 1.0
+"""Seconds a failed run's log line waits for Redis to say when the next run is."""
 
 
 class RunStats:
@@ -103,6 +110,8 @@ class CheckRunner:
         self.notifiers = dict(notifiers or {})
         self.stats = RunStats()
         self._checks: dict[str, Check | PluginError] = {}
+        self._traced: set[str] = set()
+        """Checks whose crash was logged with its traceback in this process."""
         self._notifying: set[asyncio.Task[Any]] = set()
 
     def use_notifiers(self, definitions: Mapping[str, NotifierConfig | Mapping[str, Any]]) -> None:
@@ -143,38 +152,78 @@ class CheckRunner:
             # Within the resource's timeout as a whole: a slow server cannot hold a slot.
             result = await run_check(check, ctx)
         except TransientCheckError as exc:
-            reason = resource.redact(exc.reason)
-            if job.attempt < job.max_attempts:
-                self.stats.add(retrying=True)
-                checks_log.info(
-                    "%s attempt %d of %d failed, retrying: %s",
-                    resource.id,
-                    job.attempt,
-                    job.max_attempts,
-                    reason,
-                )
-            else:
-                self.stats.add(failed=True)
-                log.warning("%s failed after %d attempt(s): %s", resource.id, job.attempt, reason)
-            raise Retry(
-                reason,
-                delay=exc.retry_after,
-                report=_report("retrying", reason, exc.status_code, started),
-            ) from None
+            raise await self._transient(job, resource, exc, started) from None
         except CheckFailed as exc:
-            self.stats.add(failed=True)
-            reason = resource.redact(exc.reason)
-            log.warning("%s failed: %s", resource.id, reason)
-            raise Fail(reason, report=_report("failed", reason, exc.status_code, started)) from None
+            raise await self._failed(job, resource, exc, started) from None
         except Exception as exc:
-            self.stats.add(failed=True)
-            reason = resource.redact(f"check crashed: {type(exc).__name__}: {exc}")
-            # no traceback unless --debug: its last line would repeat the unmasked message
-            debug = log.isEnabledFor(logging.DEBUG)
-            hint = "" if debug else " (--debug shows the traceback)"
-            log.error("%s failed: %s%s", resource.id, reason, hint, exc_info=debug)
-            raise Fail(reason, report=_report("failed", reason, None, started)) from None
+            raise await self._crashed(job, resource, exc, started) from None
         return await self._complete(job, resource, result, started)
+
+    async def _transient(
+        self, job: Job, resource: Resource, exc: TransientCheckError, started: float
+    ) -> Retry:
+        """A failure worth retrying: quiet (but with -v) until the last attempt, which says
+        it gave up. The worker fails the job once its attempts are used up."""
+        reason = resource.redact(exc.reason)
+        if job.attempt < job.max_attempts:
+            self.stats.add(retrying=True)
+            checks_log.info(
+                "%s attempt %d of %d failed, retrying: %s",
+                resource.id,
+                job.attempt,
+                job.max_attempts,
+                _plain(reason, exc.status_code),
+            )
+        else:
+            self.stats.add(failed=True)
+            attempts = f"{job.attempt} attempt{'s' if job.attempt > 1 else ''}"
+            what = f"gave up after {attempts}: {_plain(reason, exc.status_code)}"
+            log.warning("%s: %s%s", resource.id, what, await self._next_run(job, started))
+        report = _report("retrying", reason, exc.status_code, started)
+        pause, note = _host_pause(resource, exc)
+        return Retry(reason, delay=exc.retry_after, report=report, pause=pause, pause_note=note)
+
+    async def _failed(self, job: Job, resource: Resource, exc: CheckFailed, started: float) -> Fail:
+        self.stats.add(failed=True)
+        reason = resource.redact(exc.reason)
+        what = f"failed: {_plain(reason, exc.status_code)}"
+        log.warning("%s: %s%s", resource.id, what, await self._next_run(job, started))
+        return Fail(reason, report=_report("failed", reason, exc.status_code, started))
+
+    async def _crashed(self, job: Job, resource: Resource, exc: Exception, started: float) -> Fail:
+        """A check's bug: its traceback the first time that check crashes in this process,
+        then a line a run; every time with --debug."""
+        self.stats.add(failed=True)
+        reason = resource.redact(f"check crashed: {type(exc).__name__}: {exc}")
+        said = f"{resource.id}: {reason}{await self._next_run(job, started)}"
+        if log.isEnabledFor(logging.DEBUG):
+            log.error("%s", said, exc_info=exc)
+        elif job.name not in self._traced:
+            self._traced.add(job.name)
+            # formatted here, not by logging: its last line repeats the unmasked message
+            trace = "".join(traceback.format_exception(exc)).rstrip()
+            log.error("%s\n%s", said, resource.redact(trace))
+        else:
+            log.error("%s (--debug shows the traceback)", said)
+        return Fail(reason, report=_report("failed", reason, None, started))
+
+    async def _next_run(self, job: Job, started: float) -> str:
+        """ "; next run in 10m", from the scheduler's next fire time: a Redis round trip
+        that only failed runs pay. Empty when Redis does not say in time."""
+        if job.scheduler_id is None:
+            return ""
+        try:
+            info = await asyncio.wait_for(self.queue.get_scheduler(job.scheduler_id), NEXT_RUN_WAIT)
+        except Exception:  # Redis down or slow: the line goes out without it
+            return ""
+        if info is None:
+            return ""
+        if info.next_fire_ms is None:
+            return "; no next run (its schedule has ended)"
+        # Redis time, as the fire time is: when the run was taken, plus the time it took.
+        elapsed_ms = (time.monotonic() - started) * 1000
+        now_ms = time.time() * 1000 if job.taken_ms is None else job.taken_ms + elapsed_ms
+        return f"; next run in {_duration((info.next_fire_ms - now_ms) / 1000)}"
 
     async def _complete(
         self, job: Job, resource: Resource, result: CheckResult, started: float
@@ -252,6 +301,21 @@ def _masked(resource: Resource, value: Any) -> Any:
     return value
 
 
+def _plain(reason: str, status_code: int | None) -> str:
+    """A failure's reason as the log says it: an HTTP status as "HTTP 503 Service
+    Unavailable" (the report and the job's error keep the check's words)."""
+    if status_code is not None and reason.split(" ", 1)[0] == str(status_code):
+        return f"HTTP {reason}"
+    return reason
+
+
+def _duration(seconds: float) -> str:
+    """How long until the next run: whole minutes from two minutes on."""
+    if seconds <= 0:
+        return "0s"
+    return format_duration(seconds if seconds < 120 else round(seconds / 60) * 60)
+
+
 def _report(
     outcome: str,
     summary: str,
@@ -316,3 +380,16 @@ async def _report_every_second(tally: Tally, report: Callable[[Tally], None]) ->
     while True:
         await asyncio.sleep(1.0)
         report(tally.take())
+
+
+def _host_pause(resource: Resource, exc: TransientCheckError) -> tuple[str, str]:
+    """How long the resource's host pauses for every worker (finish.lua): a 429, or a 503
+    with Retry-After, is the host asking to be left alone. ("", "") for no pause."""
+    code, after = exc.status_code, exc.retry_after
+    if not (code == 429 or (code == 503 and after is not None)):
+        return "", ""
+    host = urlsplit(resource.url).hostname or "?"
+    if after is None:
+        return "x", f"{host} ({code} without Retry-After: backing off, doubling per 429)"
+    seconds = min(after, MAX_PAUSE)
+    return str(round(seconds * 1000)), f"{host} for {seconds:g}s ({code} with Retry-After)"

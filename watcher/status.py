@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from rich.console import Console, Group
@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from watcher.masking import mask_urls
-from watcher.queue import Queue, Refusal, SchedulerInfo
+from watcher.queue import HostState, Queue, Refusal, SchedulerInfo
 
 STATES = ("down", "failing", "changed", "waiting", "ok")
 """Every state `status` shows, the most telling first (the table's order)."""
@@ -69,6 +69,8 @@ class Snapshot:
     """The most telling `limit` resources (down and failing, then changed), in that order."""
     redis_refuses_writes: Refusal | None = None
     """Why Redis refuses writes now (out of memory, ...): workers back off meanwhile."""
+    hosts: list[HostState] = field(default_factory=list)
+    """Hosts whose budgets are at work: in flight, parked, paused, runs held so far."""
 
 
 def resource_state(info: SchedulerInfo, now_ms: int) -> str:
@@ -137,6 +139,7 @@ async def collect(queue: Queue, limit: int = 100) -> Snapshot:
         failing_now=counts["failing"] + sum(r.state == "down" and not r.failures for r in rows),
         resources=rows,
         redis_refuses_writes=await queue.write_refusal(),
+        hosts=list((await queue.host_states(await queue.host_names())).values()),
     )
 
 
@@ -166,10 +169,20 @@ async def write_json(queue: Queue, out: TextIO, chunk: int = 1000) -> None:
 def _head(snapshot: Snapshot) -> dict[str, Any]:
     c = snapshot.counts
     refusal = snapshot.redis_refuses_writes
+    hosts = {
+        h.host: {
+            "in_flight": h.in_flight,
+            "parked": h.parked,
+            "paused_until": iso(h.paused_until_ms / 1000) if h.paused_until_ms else None,
+            "held": h.held,
+        }
+        for h in snapshot.hosts
+    }
     return {
         "time": iso(snapshot.time),
         "queue": snapshot.queue,
         "total_resources": snapshot.total_resources,
+        "hosts": hosts,
         "scheduled": c["schedulers"],
         "jobs": {"queued": c["wait"], "running": c["active"], "retry_pending": c["delayed"]},
         "totals": {
@@ -300,11 +313,35 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
         )
     if not snapshot.total_resources:
         table.add_row("(no resources: run `watcher sync`)", *[""] * 7)
+    parts: list[Text | Table] = [_header(snapshot), table]
     if len(shown) < snapshot.total_resources:
         hidden = snapshot.total_resources - len(shown)
         note = f"{hidden:,} more not shown (down and failing, then changed first; --limit N)"
-        return Group(_header(snapshot), table, Text(note, style="dim"))
-    return Group(_header(snapshot), table)
+        parts.append(Text(note, style="dim"))
+    if held := _hosts_text(snapshot):
+        parts.append(held)
+    return Group(*parts)
+
+
+def _hosts_text(snapshot: Snapshot) -> Text | None:
+    """The hosts whose budgets hold runs back, busiest first: "host budgets: 127.0.0.1 4 in
+    flight, 196 parked, held 1,234 (concurrency 1,200, rate 34)"."""
+    busy = [h for h in snapshot.hosts if h.parked or h.paused_until_ms or h.held]
+    if not busy:
+        return None
+    busy.sort(key=lambda h: (h.parked, sum(h.held.values())), reverse=True)
+    lines = []
+    for h in busy[:10]:
+        line = f"  {h.host}: {h.in_flight} in flight, {h.parked:,} parked"
+        if h.paused_until_ms:
+            line += f", paused {_span(h.paused_until_ms / 1000 - snapshot.time)} more"
+        if h.held:
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(h.held.items()))
+            line += f", held so far: {reasons}"
+        lines.append(line)
+    if len(busy) > 10:
+        lines.append(f"  … and {len(busy) - 10} more hosts")
+    return Text("host budgets (hosts: in the YAML raises them):\n" + "\n".join(lines), style="dim")
 
 
 def _state_text(row: ResourceRow) -> Text:

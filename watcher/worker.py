@@ -58,14 +58,23 @@ class Outcome:
 
 
 class Retry(Exception):
-    """Retry the job later (after `delay` seconds, else exponential backoff)."""
+    """Retry the job later (after `delay` seconds, else exponential backoff); `pause` pauses
+    the run's host for every worker (watcher/jobs.py, Finished.pause)."""
 
     def __init__(
-        self, reason: str, *, delay: float | None = None, report: Mapping[str, Any] | None = None
+        self,
+        reason: str,
+        *,
+        delay: float | None = None,
+        report: Mapping[str, Any] | None = None,
+        pause: str = "",
+        pause_note: str = "",
     ):
         super().__init__(reason)
         self.delay = delay
         self.report = report
+        self.pause = pause
+        self.pause_note = pause_note
 
 
 class Fail(Exception):
@@ -352,7 +361,8 @@ class Worker:
             raise
         except Retry as exc:
             delay = exc.delay if exc.delay is not None else self._backoff(job.attempt)
-            self._finish(job, "retry", str(exc), delay=delay, report=exc.report)
+            pause = (exc.pause, exc.pause_note)
+            self._finish(job, "retry", str(exc), delay=delay, report=exc.report, pause=pause)
         except Fail as exc:
             self._finish(job, "fail", str(exc), report=exc.report)
         except Exception as exc:
@@ -383,6 +393,7 @@ class Worker:
         delay: float = 0.0,
         state: Mapping[str, Any] | None = None,
         report: Mapping[str, Any] | None = None,
+        pause: tuple[str, str] = ("", ""),
     ) -> None:
         text = str(payload) if kind != "ok" else "" if payload is None else _safe_json(payload)
         self.finisher.add(
@@ -393,6 +404,7 @@ class Worker:
                 text,
                 None if state is None else dump_json("state", dict(state)),
                 None if report is None else _safe_json(report),
+                *pause,
             )
         )
 

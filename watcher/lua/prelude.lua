@@ -62,3 +62,20 @@ local function free_slot(prefix, h, jid, wait, marker)
     wake(marker)
   end
 end
+
+-- The budget of host h from the `hosts` hash: its own entry, else the nearest *.domain
+-- wildcard, else default; {interval, burst, conc} (0: no limit), or false when none.
+local function host_budget(hosts, h)
+  local text = redis.call('HGET', hosts, h)
+  local rest = h
+  while not text do
+    local dot = string.find(rest, '.', 1, true)
+    if not dot then break end
+    rest = string.sub(rest, dot + 1)
+    text = redis.call('HGET', hosts, '*.' .. rest)
+  end
+  text = text or redis.call('HGET', hosts, 'default')
+  if not text then return false end
+  local interval, burst, conc = string.match(text, '^(%d+) (%d+) (%d+)$')
+  return {interval = tonumber(interval), burst = tonumber(burst), conc = tonumber(conc)}
+end

@@ -7,13 +7,14 @@
 -- not beyond its concurrency (then parked in the host's `waiting` list until a slot is
 -- freed: see free_slot), not beyond its rate (then delayed to its reserved place in the
 -- bucket, GCRA). A held run is not attempted: no attempt, failure or retry is counted.
--- KEYS: delayed wait active marker hosts
+-- KEYS: delayed wait active marker hosts parked
 -- ARGV: prefix, n, lease ms, worker id, token prefix.
 -- Returns: the server time (ms) the jobs were taken, the runs held back as JSON
 -- ({host: {reason: count}}, "" for none), then 12 fields per job: id, token, name, data,
 -- state, scheduler, at, attempt, max, seq, epoch, the scheduler's failures in a row
 -- (scheduler, at, seq, epoch and failures are "" for a one-off job).
-local delayed, wait, active, marker, hosts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local delayed, wait, active, marker, hosts, parked =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local P, n, lease, worker, tp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
@@ -28,25 +29,8 @@ if not ids then return {now, ''} end
 local limited = redis.call('EXISTS', hosts) == 1
 local budgets, held, any_held = {}, {}, false
 
--- The budget of host h: its own entry, else the nearest *.domain wildcard, else default.
 local function budget_of(h)
-  if budgets[h] == nil then
-    local text = redis.call('HGET', hosts, h)
-    local rest = h
-    while not text do
-      local dot = string.find(rest, '.', 1, true)
-      if not dot then break end
-      rest = string.sub(rest, dot + 1)
-      text = redis.call('HGET', hosts, '*.' .. rest)
-    end
-    text = text or redis.call('HGET', hosts, 'default')
-    if text then
-      local interval, burst, conc = string.match(text, '^(%d+) (%d+) (%d+)$')
-      budgets[h] = {interval = tonumber(interval), burst = tonumber(burst), conc = tonumber(conc)}
-    else
-      budgets[h] = false
-    end
-  end
+  if budgets[h] == nil then budgets[h] = host_budget(hosts, h) end
   return budgets[h]
 end
 
@@ -72,6 +56,7 @@ local function admit(jid, jk, h, b, reserved)
     redis.call('ZREMRANGEBYSCORE', slots, '-inf', now) -- slots of workers that died
     if redis.call('ZCARD', slots) >= b.conc then
       redis.call('RPUSH', hk .. ':waiting', jid)
+      redis.call('SADD', parked, h)
       return hold(h, 'concurrency', hk)
     end
   end
