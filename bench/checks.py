@@ -522,6 +522,9 @@ class Bench:
             "# written by bench/checks.py",
             f"redis: {self.redis_server.url}",
             f"queue: {QUEUE_NAME}",
+            "# every resource is on one local origin: its budget must not be the bottleneck",
+            "hosts:",
+            "  default: {concurrency: 0}",
             "defaults:",
             "  every: 1s",
             "resources:",
@@ -1022,7 +1025,9 @@ def write_markdown(
         "processes, and this script (which reads the command's terminal and samples counters "
         "between windows).",
         f"- watcher rows: this script writes a watcher.yaml (`redis:` the private server, "
-        f"`queue: {QUEUE_NAME}`, `defaults: {{every: 1s}}`, {sizes.resources:,} resources "
+        f"`queue: {QUEUE_NAME}`, `hosts: {{default: {{concurrency: 0}}}}` (no per-host limit: "
+        "every resource is on one local origin), `defaults: {every: 1s}`, "
+        f"{sizes.resources:,} resources "
         "`{id: r<i>, url: <origin>/r/<i>}`, everything else default: check `etag`, "
         "notify `[console]`, no jitter) and runs `.venv/bin/watcher <command>` in its folder "
         "(no -c; the `watcher worker` row runs `watcher sync` first), on a pseudo-terminal of "

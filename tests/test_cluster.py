@@ -210,6 +210,7 @@ async def test_one_off_jobs_complete_and_blpop_wakes_the_worker(
         "failed": 0,
         "fenced": 0,
         "schedulers": 0,
+        "failing": 0,
     }
     job = await queue.job(ids[5])
     assert job and job.state is JobState.DONE and json.loads(job.result or "") == 10
