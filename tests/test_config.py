@@ -342,7 +342,8 @@ def test_unknown_key_with_did_you_mean(text: str, expected: str) -> None:
 
 def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     message = only_error("colour: blue\n")
-    assert "unknown key `colour`; expected one of: redis, queue, history_limit, hosts, defaults" in message
+    expected = "unknown key `colour`; expected one of: redis, queue, history_limit, hosts, defaults"
+    assert expected in message
 
 
 def test_duplicate_id_points_at_the_second_and_names_the_first() -> None:
