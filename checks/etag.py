@@ -3,6 +3,8 @@
 ``If-None-Match`` carries the stored ETag and ``If-Modified-Since`` the stored
 ``Last-Modified`` (the server's own value), so an unchanged resource costs a 304.
 A server that sends neither validator is compared by a SHA-256 of its body.
+What the server says about freshness (Cache-Control, Expires, Retry-After) holds the next
+run back (`watcher.freshness`).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import re
+import time
 from typing import Any
 
 import httpx
 
 from watcher.check import CheckContext, CheckFailed, CheckResult
 from watcher.fetch import header, require_success
+from watcher.freshness import Freshness, freshness
 
 NO_VALIDATORS = "no validators; using content hash"
 # What a change shows as old → new: the validators, not the status code kept beside them.
@@ -33,6 +37,7 @@ async def check(ctx: CheckContext) -> CheckResult:
         etag, last_modified = _validators(ctx, response)
         # The body matters only when there is no validator to compare.
         body = None if etag or last_modified else await ctx.read_body(response)
+        fresh_for = freshness(response.headers, time.time())
     new: dict[str, Any] = {"status_code": response.status_code}
     if etag:
         new["etag"] = etag
@@ -40,7 +45,7 @@ async def check(ctx: CheckContext) -> CheckResult:
         new["last_modified"] = last_modified
     if body is not None:
         new["content_hash"] = hashlib.sha256(body).hexdigest()
-    return _result(ctx.state, new)
+    return _result(ctx.state, new, fresh_for)
 
 
 def conditional_headers(state: dict[str, Any]) -> dict[str, str]:
@@ -73,6 +78,7 @@ def _not_modified(ctx: CheckContext, response: httpx.Response) -> CheckResult:
         summary="not modified (304)",
         status_code=304,
         not_modified=True,
+        fresh_for=freshness(response.headers, time.time()),
     )
 
 
@@ -106,7 +112,7 @@ def _is_http_date(value: str) -> bool:
     return True
 
 
-def _result(old: dict[str, Any], new: dict[str, Any]) -> CheckResult:
+def _result(old: dict[str, Any], new: dict[str, Any], fresh_for: Freshness | None) -> CheckResult:
     status = new["status_code"]
     if not old:
         return CheckResult(
@@ -115,6 +121,7 @@ def _result(old: dict[str, Any], new: dict[str, Any]) -> CheckResult:
             summary=f"baseline: {_describe(new)}",
             status_code=status,
             baseline=True,
+            fresh_for=fresh_for,
         )
     changed, summary = _compare(old, new)
     return CheckResult(
@@ -124,6 +131,7 @@ def _result(old: dict[str, Any], new: dict[str, Any]) -> CheckResult:
         status_code=status,
         old=validators(old),
         new=validators(new),
+        fresh_for=fresh_for,
     )
 
 

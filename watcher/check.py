@@ -29,6 +29,7 @@ from watcher import masking, secrets
 
 if TYPE_CHECKING:
     from watcher.fetch import Fetched
+    from watcher.freshness import Freshness
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -184,6 +185,10 @@ class CheckResult:
     """True on the first run: the state was recorded, nothing is reported as a change."""
     every: float | None = None
     """A new interval in seconds for the next runs, or None to keep the schedule."""
+    fresh_for: Freshness | None = None
+    """How long the server says this answer stays fresh (`watcher.freshness.freshness` reads
+    it from a response's headers): the next run waits that long, within the resource's
+    schedule and `max_every`, unless the resource says ``cadence: fixed``."""
     old: dict[str, Any] | None = None
     """What a change is shown as *before* in the history, status and notifications, e.g.
     ``{"etag": '"v1"'}``: small, JSON-serialisable; string values are masked like the

@@ -39,6 +39,7 @@ from pydantic_core import ErrorDetails
 
 from watcher import secrets
 from watcher.connection import queue_name_for
+from watcher.freshness import DEFAULT_MAX_EVERY
 from watcher.hosts import DEFAULT_CONCURRENCY, Budget, host_key_problem, parse_rate
 from watcher.limits import BYTES_VARIABLE, Limits, format_size
 from watcher.masking import is_secret, mask_headers
@@ -438,6 +439,10 @@ class ResourceConfig(_Model):
     tz: TimeZone = "UTC"
     cron: str | None = None
     jitter: NonNegativeDuration = 0.0
+    cadence: Literal["server", "fixed"] = "server"
+    """server: a server's word on freshness (Cache-Control, Expires) holds runs back, up to
+    `max_every`; fixed: the schedule alone decides."""
+    max_every: PositiveDuration = DEFAULT_MAX_EVERY
     method: Method = "GET"
     headers: Headers = Field(default_factory=dict, repr=False)
     secret_headers: HeaderNameList = Field(default_factory=list)
@@ -480,6 +485,17 @@ class ResourceConfig(_Model):
             _workable_schedule(every=every, cron=cron, tz=info.data.get("tz"), jitter=value)
         return value
 
+    @field_validator("max_every")
+    @classmethod
+    def _check_max_every(cls, value: float, info: ValidationInfo) -> float:
+        every = info.data.get("every")
+        if every is not None and value < every:
+            raise ValueError(
+                f"`max_every` ({format_duration(value)}) is shorter than `every`"
+                f" ({format_duration(every)}): runs cannot be both"
+            )
+        return value
+
     def identity(self) -> str:
         """A short hash of what the stored state depends on: url, method, check, the request
         headers and the check's options (a new regex or Accept makes old validators moot).
@@ -496,6 +512,11 @@ class ResourceConfig(_Model):
         """Everything a check run needs, as JSON-serialisable data; secrets written as
         ``${VAR}`` stay references, listed under ``from_env``, for the worker to expand."""
         data = self.model_dump(mode="json", include=set(_TEMPLATE_FIELDS))
+        # Stored only when not the default, so resources synced before them stay unchanged.
+        if self.cadence != "server":
+            data["cadence"] = self.cadence
+        if self.max_every != DEFAULT_MAX_EVERY:
+            data["max_every"] = self.max_every
         return secrets.with_references(data, self._from_env)
 
     def masked_headers(self) -> dict[str, str]:

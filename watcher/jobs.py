@@ -115,6 +115,8 @@ class Finished:
     one), or "" (no pause)."""
     pause_note: str = ""
     """What the log says when this run starts a pause: "127.0.0.1 for 5s (429 ...)"."""
+    hold_ms: int | None = None
+    """Hold the scheduler's next run at least this long from now (Outcome.hold_ms)."""
 
 
 @dataclass

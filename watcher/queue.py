@@ -362,6 +362,8 @@ class Fire:
     expected_ms: int
     next_ms: int | None
     slot_ms: int
+    run: bool = True
+    """False: only move it (an overdue run spread over its interval), start no run."""
 
 
 def check_id(kind: str, value: object) -> str:
@@ -626,7 +628,13 @@ class Queue:
         if not fires:
             return 0, 0
         rows = [
-            [f.id, str(f.expected_ms), "" if f.next_ms is None else str(f.next_ms), str(f.slot_ms)]
+            [
+                f.id,
+                str(f.expected_ms),
+                "" if f.next_ms is None else str(f.next_ms),
+                str(f.slot_ms),
+                "1" if f.run else "0",
+            ]
             for f in fires
         ]
         fired, skipped = await self._call("fire", [_pack(rows)])
@@ -735,6 +743,7 @@ class Queue:
                 KEEP if f.state is None else f.state,
                 KEEP if f.report is None else f.report,
                 f.pause,
+                "" if f.hold_ms is None else str(f.hold_ms),
             ]
             for f in finished
         ]

@@ -31,6 +31,7 @@ from watcher.check import (
 )
 from watcher.config import NotifierConfig
 from watcher.fetch import run_check
+from watcher.freshness import DEFAULT_MAX_EVERY, Freshness
 from watcher.hosts import MAX_PAUSE
 from watcher.http import make_client
 from watcher.masking import RedactingLogger
@@ -255,10 +256,15 @@ class CheckRunner:
             said = summary if summary.startswith(outcome) else f"{outcome}: {summary}"
             took = (time.monotonic() - started) * 1000
             checks_log.info("%s %s (%.0f ms)", resource.id, said, took)
+        report = _report(outcome, summary, result.status_code, started, result.not_modified)
+        hold = _hold(job.data, result.fresh_for)
+        if hold is not None:
+            report["cadence"] = {"seconds": hold.seconds, "reason": resource.redact(hold.reason)}
         return Outcome(
             result={"outcome": outcome, "summary": summary},
             state=None if result.state == job.state else result.state,
-            report=_report(outcome, summary, result.status_code, started, result.not_modified),
+            report=report,
+            hold_ms=None if hold is None else round(hold.seconds * 1000),
         )
 
     def _notify(self, job: Job, change: Change) -> None:
@@ -380,6 +386,14 @@ async def _report_every_second(tally: Tally, report: Callable[[Tally], None]) ->
     while True:
         await asyncio.sleep(1.0)
         report(tally.take())
+
+
+def _hold(data: Mapping[str, Any], fresh_for: Freshness | None) -> Freshness | None:
+    """How long the next run waits on the server's word: none with `cadence: fixed`, at
+    most the resource's `max_every`."""
+    if fresh_for is None or data.get("cadence") == "fixed":
+        return None
+    return fresh_for.capped(float(data.get("max_every", DEFAULT_MAX_EVERY)))
 
 
 def _host_pause(resource: Resource, exc: TransientCheckError) -> tuple[str, str]:

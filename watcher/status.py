@@ -16,6 +16,7 @@ from rich.text import Text
 
 from watcher.masking import mask_urls
 from watcher.queue import HostState, Queue, Refusal, SchedulerInfo
+from watcher.schedule import Schedule, format_duration
 
 STATES = ("down", "failing", "changed", "waiting", "ok")
 """Every state `status` shows, the most telling first (the table's order)."""
@@ -51,6 +52,9 @@ class ResourceRow:
     failures: int
     """Failed attempts in a row (0 once a run succeeds)."""
     skipped: int
+    cadence: dict[str, Any] | None = None
+    """{"seconds", "reason"}: the server's word on freshness holds runs this far apart,
+    longer than the schedule's (`cadence: server`); None when the schedule alone decides."""
 
 
 @dataclass
@@ -115,7 +119,25 @@ def _row(info: SchedulerInfo, now_ms: int) -> ResourceRow:
         next_run=info.next_fire_ms / 1000 if info.next_fire_ms else None,
         failures=info.fails,
         skipped=info.skipped,
+        cadence=_cadence(info.schedule, report.get("cadence")),
     )
+
+
+def _cadence(schedule: Schedule, said: Any) -> dict[str, Any] | None:
+    """The last run's server-driven hold, when it outlasts the schedule's interval."""
+    if not isinstance(said, dict) or not isinstance(said.get("seconds"), int | float):
+        return None
+    if schedule.every_ms is not None and said["seconds"] * 1000 <= schedule.every_ms:
+        return None
+    return {"seconds": float(said["seconds"]), "reason": str(said.get("reason", ""))}
+
+
+def schedule_text(row: ResourceRow) -> str:
+    """ "every 1m", or with a server-driven hold "every 1m → 5m (max-age=300)"."""
+    if row.cadence is None:
+        return row.schedule
+    why = row.cadence["reason"].removeprefix("Cache-Control ")
+    return f"{row.schedule} → {format_duration(row.cadence['seconds'])} ({why})"
 
 
 async def collect(queue: Queue, limit: int = 100) -> Snapshot:
@@ -203,6 +225,7 @@ def _resource_json(row: ResourceRow) -> dict[str, Any]:
         "check": row.check,
         "url": row.url,
         "schedule": row.schedule,
+        "cadence": row.cadence,
         "state": row.state,
         "outcome": row.outcome,
         "status_code": row.status_code,
@@ -304,7 +327,7 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
         table.add_row(
             row.id,
             row.check,
-            row.schedule,
+            schedule_text(row),
             _state_text(row),
             ago(row.last_run, snapshot.time),
             ago(row.last_change, snapshot.time),

@@ -29,6 +29,8 @@ def describe(tally: Tally, seconds: float, waiting: int | None) -> str:
     if tally.retries:
         parts.append(f"{tally.retries:,} retrying")
     parts.append(f"{tally.skipped:,} skipped")
+    if tally.spread:
+        parts.append(f"{tally.spread:,} overdue spread over their interval")
     lag = tally.lag_p99_ms()
     if lag is not None:
         parts.append("lag p99 >60s" if math.isinf(lag) else f"lag p99 ≤{_ms(lag)}")

@@ -26,6 +26,9 @@ class Tally:
     retries: int = 0
     skipped: int = 0
     """Ticks skipped because the resource's previous run was still going (no overlap)."""
+    spread: int = 0
+    """Overdue runs (a whole interval missed: workers were stopped) moved to a time spread
+    over their interval rather than fired at once."""
     lags: list[int] = field(default_factory=_no_lags)
     """How late runs started after their planned time, as a histogram (LAG_BOUNDS_MS)."""
     held: dict[tuple[str, str], int] = field(default_factory=dict)

@@ -3,12 +3,17 @@
 Each tick reads what is due (due.lua), computes each one's next fire time here (the
 schedule math is Python's: APScheduler triggers), and fires them with a compare-and-set on
 their fire time (fire.lua), so a tick fires once however many tickers race for it.
+
+A run overdue by more than its whole interval (the workers were stopped) is not fired at
+once with all the others: it is put off to a time spread over one interval (at most
+CATCH_UP_WINDOW) by a stable hash of its id, so a restart after downtime is no burst.
 """
 
 from __future__ import annotations
 
-from watcher.queue import Fire, Queue
+from watcher.queue import DueScheduler, Fire, Queue
 from watcher.repeat import Repeater
+from watcher.schedule import phase_ms
 from watcher.tally import Tally
 
 __all__ = ["Ticker"]
@@ -17,6 +22,9 @@ IDLE_TICK = 0.1
 """Seconds between ticks when nothing is due sooner."""
 MIN_TICK = 0.01
 """Seconds at least between ticks: firing in small batches costs more than the lateness."""
+CATCH_UP_WINDOW = 3600.0
+"""Seconds at most over which overdue runs are spread: a resource checked daily is not put
+off for up to another day after downtime."""
 
 
 class Ticker:
@@ -47,6 +55,12 @@ class Ticker:
         soonest = now + IDLE_TICK * 1000 if due.soonest_ms is None else due.soonest_ms
         fires = []
         for scheduler in due.schedulers:
+            catch_up = catch_up_time(scheduler, now)
+            if catch_up is not None:
+                fires.append(Fire(scheduler.id, scheduler.score_ms, catch_up, catch_up, run=False))
+                soonest = min(soonest, catch_up)
+                self.tally.spread += 1
+                continue
             schedule = scheduler.schedule
             slot = schedule.next_slot(scheduler.id, now, scheduler.slot_ms)
             fire_at = None if slot is None else schedule.fire_time(slot)
@@ -58,3 +72,13 @@ class Ticker:
         if len(fires) >= self.batch:
             return 0.0  # more are due
         return min(IDLE_TICK, max(MIN_TICK, (soonest - now) / 1000))
+
+
+def catch_up_time(scheduler: DueScheduler, now_ms: int) -> int | None:
+    """When an interval scheduler that missed a whole interval runs instead of now: a time
+    in the next interval (at most CATCH_UP_WINDOW) from a stable hash of its id; None when
+    it is not that late (or is a cron: its times are the point)."""
+    every = scheduler.schedule.every_ms
+    if every is None or now_ms - scheduler.score_ms <= every:
+        return None
+    return now_ms + phase_ms(scheduler.id, min(every, round(CATCH_UP_WINDOW * 1000)))

@@ -55,6 +55,9 @@ class Outcome:
     result: Any = None
     state: Mapping[str, Any] | None = None
     report: Mapping[str, Any] | None = None
+    hold_ms: int | None = None
+    """Hold the scheduler's next run until at least this long from now (a server's word on
+    freshness): it never comes sooner than the schedule's own next slot."""
 
 
 class Retry(Exception):
@@ -377,7 +380,14 @@ class Worker:
         else:
             outcome = value if isinstance(value, Outcome) else Outcome(result=value)
             try:
-                self._finish(job, "ok", outcome.result, state=outcome.state, report=outcome.report)
+                self._finish(
+                    job,
+                    "ok",
+                    outcome.result,
+                    state=outcome.state,
+                    report=outcome.report,
+                    hold_ms=outcome.hold_ms,
+                )
             except QueueError as exc:  # state that cannot be stored: a handler bug
                 self._finish(job, "fail", f"handler returned {exc}")
 
@@ -394,6 +404,7 @@ class Worker:
         state: Mapping[str, Any] | None = None,
         report: Mapping[str, Any] | None = None,
         pause: tuple[str, str] = ("", ""),
+        hold_ms: int | None = None,
     ) -> None:
         text = str(payload) if kind != "ok" else "" if payload is None else _safe_json(payload)
         self.finisher.add(
@@ -405,6 +416,7 @@ class Worker:
                 None if state is None else dump_json("state", dict(state)),
                 None if report is None else _safe_json(report),
                 *pause,
+                hold_ms=hold_ms,
             )
         )
 

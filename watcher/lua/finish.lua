@@ -5,18 +5,20 @@
 -- A run's host (take.lua leased it a slot) gets the slot back; a host that pushed back (429,
 -- or 503 with Retry-After) is paused for every worker: for its Retry-After, or after 429s
 -- without one, for 1 s doubling with each in a row (a success ends the streak).
--- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing wait marker
+-- A successful run may hold its scheduler's next run (a server's word on freshness): its
+-- next fire time moves to now + hold when that is later, never earlier.
+-- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing wait marker schedulers
 -- ARGV: prefix, keep ms, keep ms for a scheduler's successful run (its outcome lives on in the
--- scheduler's report), finished cap, then a JSON array with one array of 8 strings per job
+-- scheduler's report), finished cap, then a JSON array with one array of 9 strings per job
 -- (one argument: packing thousands costs a client most):
 --   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none),
---   report ("~" = none), host pause ("" none, ms, or "x": back off)
+--   report ("~" = none), host pause ("" none, ms, or "x": back off), hold ms ("" = none)
 -- Returns: one code per job: 1 done, 0 lease lost, 2 done but its state write was fenced off,
 -- 3 vanished (its hash is gone: Redis lost its data, or it ran elsewhere and expired); plus 8
 -- when this job started a pause of its host (the host was not paused before).
 local active, delayed, events, finished = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local completed, failed, fenced, failing = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local wait, marker = KEYS[9], KEYS[10]
+local wait, marker, schedulers = KEYS[9], KEYS[10], KEYS[11]
 local P, keep, keep_runs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 
@@ -36,8 +38,8 @@ end
 
 local out = {}
 for _, row in ipairs(cjson.decode(ARGV[5])) do
-  local jid, token, kind, delay, payload, state, report, pause =
-    row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8]
+  local jid, token, kind, delay, payload, state, report, pause, hold =
+    row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9]
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch', 'host')
   if not j[3] then
@@ -80,6 +82,11 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
       if sk and redis.call('HGET', sk, 'active') == jid then redis.call('HSET', sk, 'active', '') end
       if current then
         if kind == 'ok' then recovered(sk, failing, j[2]) else fail_once(sk, failing, j[2]) end
+        if kind == 'ok' and hold ~= '' then
+          local score = redis.call('ZSCORE', schedulers, j[2])
+          local held = now + tonumber(hold)
+          if score and tonumber(score) < held then redis.call('ZADD', schedulers, held, j[2]) end
+        end
       end
       if kind == 'ok' and state ~= '~' then
         local wseq = current and redis.call('HGET', sk, 'wseq') or nil

@@ -1,10 +1,12 @@
 -- Fire due schedulers: a compare-and-set on each one's next fire time, so a tick fires once
 -- however many workers tick at once. With overlap off, a tick whose previous run is still
 -- pending or active is skipped and counted. The job carries no data: the run reads the
--- scheduler's data when it starts.
+-- scheduler's data when it starts. A row that says not to run only moves the scheduler (an
+-- overdue run put off to a time spread over its interval).
 -- KEYS: schedulers id wait marker
--- ARGV: prefix, a JSON array with one array of 4 strings per scheduler: id, expected score,
--- next score ("" = ended), next slot (one argument: packing thousands costs a client most).
+-- ARGV: prefix, a JSON array with one array of 5 strings per scheduler: id, expected score,
+-- next score ("" = ended), next slot, run ("1", or "0": only move it) (one argument: packing
+-- thousands costs a client most).
 -- Returns: {fired, skipped}.
 local schedulers, id_key, wait, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local P = ARGV[1]
@@ -12,9 +14,12 @@ local now = now_ms()
 local fired, skipped = 0, 0
 local live = {[WAIT] = true, [ACTIVE] = true, [DELAYED] = true}
 for _, row in ipairs(cjson.decode(ARGV[2])) do
-  local id, expected, nxt, slot = row[1], row[2], row[3], row[4]
+  local id, expected, nxt, slot, run = row[1], row[2], row[3], row[4], row[5]
   local score = redis.call('ZSCORE', schedulers, id)
-  if score and tonumber(score) == tonumber(expected) then
+  if score and tonumber(score) == tonumber(expected) and run == '0' then
+    redis.call('ZADD', schedulers, nxt, id)
+    redis.call('HDEL', P .. 'scheduler:' .. id, 'slot') -- the new score is its slot
+  elseif score and tonumber(score) == tonumber(expected) then
     local key = P .. 'scheduler:' .. id
     local s = redis.call('HMGET', key, 'spec', 'active', 'overlap', 'limit', 'count', 'attempts')
     if not s[1] then
