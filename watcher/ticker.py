@@ -5,8 +5,9 @@ schedule math is Python's: APScheduler triggers), and fires them with a compare-
 their fire time (fire.lua), so a tick fires once however many tickers race for it.
 
 A run overdue by more than its whole interval (the workers were stopped) is not fired at
-once with all the others: it is put off to a time spread over one interval (at most
-CATCH_UP_WINDOW) by a stable hash of its id, so a restart after downtime is no burst.
+once with all the others: it is put off to its next slot, which the id's phase spreads over
+one interval (past CATCH_UP_WINDOW, to a time spread over that window by the same hash), so a
+restart after downtime is no burst.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ class Ticker:
         soonest = now + IDLE_TICK * 1000 if due.soonest_ms is None else due.soonest_ms
         fires = []
         for scheduler in due.schedulers:
-            catch_up = catch_up_time(scheduler, now)
+            catch_up = catch_up_slot(scheduler, now)
             if catch_up is not None:
-                fires.append(Fire(scheduler.id, scheduler.score_ms, catch_up, catch_up, run=False))
-                soonest = min(soonest, catch_up)
+                fire_at = scheduler.schedule.fire_time(catch_up)
+                fires.append(Fire(scheduler.id, scheduler.score_ms, fire_at, catch_up, run=False))
+                soonest = min(soonest, fire_at)
                 self.tally.spread += 1
                 continue
             schedule = scheduler.schedule
@@ -74,11 +76,17 @@ class Ticker:
         return min(IDLE_TICK, max(MIN_TICK, (soonest - now) / 1000))
 
 
-def catch_up_time(scheduler: DueScheduler, now_ms: int) -> int | None:
-    """When an interval scheduler that missed a whole interval runs instead of now: a time
-    in the next interval (at most CATCH_UP_WINDOW) from a stable hash of its id; None when
-    it is not that late (or is a cron: its times are the point)."""
-    every = scheduler.schedule.every_ms
+def catch_up_slot(scheduler: DueScheduler, now_ms: int) -> int | None:
+    """When an interval scheduler that missed a whole interval runs instead of now: its next
+    slot (the id's phase spreads them over the interval), or past CATCH_UP_WINDOW, a time
+    spread over that window. None when it is not that late, or is a cron (its times are the
+    point), or its schedule has ended."""
+    schedule = scheduler.schedule
+    every = schedule.every_ms
     if every is None or now_ms - scheduler.score_ms <= every:
         return None
-    return now_ms + phase_ms(scheduler.id, min(every, round(CATCH_UP_WINDOW * 1000)))
+    slot = schedule.next_slot(scheduler.id, now_ms)
+    window = min(every, round(CATCH_UP_WINDOW * 1000))
+    if slot is None or slot - now_ms < window:
+        return slot
+    return now_ms + phase_ms(scheduler.id, window)

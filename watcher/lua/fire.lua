@@ -17,8 +17,7 @@ for _, row in ipairs(cjson.decode(ARGV[2])) do
   local id, expected, nxt, slot, run = row[1], row[2], row[3], row[4], row[5]
   local score = redis.call('ZSCORE', schedulers, id)
   if score and tonumber(score) == tonumber(expected) and run == '0' then
-    redis.call('ZADD', schedulers, nxt, id)
-    redis.call('HDEL', P .. 'scheduler:' .. id, 'slot') -- the new score is its slot
+    set_next(schedulers, P .. 'scheduler:' .. id, id, nxt, slot)
   elseif score and tonumber(score) == tonumber(expected) then
     local key = P .. 'scheduler:' .. id
     local s = redis.call('HMGET', key, 'spec', 'active', 'overlap', 'limit', 'count', 'attempts')
@@ -45,12 +44,7 @@ for _, row in ipairs(cjson.decode(ARGV[2])) do
       if nxt == '' or (limit > 0 and count >= limit) then
         redis.call('ZREM', schedulers, id)
       else
-        redis.call('ZADD', schedulers, nxt, id)
-        if slot == nxt then
-          redis.call('HDEL', key, 'slot') -- no jitter: the score is the slot
-        else
-          redis.call('HSET', key, 'slot', slot)
-        end
+        set_next(schedulers, key, id, nxt, slot)
       end
     end
   end

@@ -39,6 +39,13 @@ end
 
 -- The host of a URL in a scheduler's data JSON (compact, as the queue writes it): lower case,
 -- without user info or port; '' when there is none.
+-- Move a scheduler to its next fire time; the slot (the time without jitter) is stored only
+-- when it differs from the score.
+local function set_next(schedulers, key, id, nxt, slot)
+  redis.call('ZADD', schedulers, nxt, id)
+  if slot == nxt then redis.call('HDEL', key, 'slot') else redis.call('HSET', key, 'slot', slot) end
+end
+
 local function host_of(data)
   local authority = string.match(data, '"url":"%a[%w+.-]*://([^/?#"]*)')
   if not authority then return '' end

@@ -17,11 +17,6 @@ local rows = cjson.decode(ARGV[2])
 local now = now_ms()
 local K = '~'
 local out = {}
--- The slot (next fire time without jitter) is stored only when it differs from the score.
-local function set_next(key, id, nxt, slot)
-  redis.call('ZADD', schedulers, nxt, id)
-  if slot == nxt then redis.call('HDEL', key, 'slot') else redis.call('HSET', key, 'slot', slot) end
-end
 -- Fields not stored while at these values (HMGET returns nil for them).
 local DEFAULT = {owner = '', overlap = '0', limit = '0', attempts = tostring(DEFAULT_ATTEMPTS), scope = ''}
 for _, row in ipairs(rows) do
@@ -45,7 +40,7 @@ for _, row in ipairs(rows) do
         if state ~= K then redis.call('HSET', key, 'state', state) end
         if spec ~= K and spec ~= cur[3] then
           redis.call('HSET', key, 'spec', spec)
-          set_next(key, id, nxt, slot)
+          set_next(schedulers, key, id, nxt, slot)
         end
         redis.call('HINCRBY', key, 'rev', 1)
         out[#out + 1] = 'updated'
@@ -62,7 +57,7 @@ for _, row in ipairs(rows) do
     for f, v in pairs(optional) do
       if v ~= K and v ~= DEFAULT[f] then redis.call('HSET', key, f, v) end
     end
-    set_next(key, id, nxt, slot)
+    set_next(schedulers, key, id, nxt, slot)
     redis.call('INCR', scheduler_count) -- status counts without a SCAN
     out[#out + 1] = 'created'
   else
@@ -92,7 +87,7 @@ for _, row in ipairs(rows) do
     end
     if spec ~= K and spec ~= cur[8] then
       redis.call('HSET', key, 'spec', spec)
-      set_next(key, id, nxt, slot)
+      set_next(schedulers, key, id, nxt, slot)
       changed = true
     end
     if changed then
