@@ -26,6 +26,8 @@ class Change:
     details: str | None = None
     id: str | None = None
     """The entry id in the changes stream, once recorded."""
+    event: str = "change"
+    """change, or an event of the resource: down, recovered, stale, changing (again)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -117,6 +117,8 @@ class Finished:
     """What the log says when this run starts a pause: "127.0.0.1 for 5s (429 ...)"."""
     hold_ms: int | None = None
     """Hold the scheduler's next run at least this long from now (Outcome.hold_ms)."""
+    alert: str = ""
+    """The resource's alerts (JSON, finish.lua says what it holds), or "" for none."""
 
 
 @dataclass

@@ -42,6 +42,8 @@ cluster slot, so every script runs unchanged on Redis Cluster.
   host:<h>:slots   ZSET   job id -> lease deadline: the host's runs in flight
   host:<h>:waiting LIST   runs parked over the host's concurrency, freed one per ended run
   parked           SET    hosts with parked runs (recover.lua frees them when slots lapse)
+  outbox, outbox:failed, delivery:<id>, deliveries, delivery_id: the notifier outbox
+                          (watcher/outbox.py)
   synced           HASH   at (ms), source (the config file), resources: written by every
                           sync; a worker that finds it gone knows Redis lost the queue's
                           data (restarted without persistence, or flushed)
@@ -49,12 +51,14 @@ cluster slot, so every script runs unchanged on Redis Cluster.
 Time is Redis server time (TIME) everywhere, so workers with skewed clocks agree: on a
 cluster, the clock of the node that holds the queue (now.lua), the one the scripts read.
 
-Every Redis command of the library goes through this class; a job's states and what moves
+Every Redis command of the library goes through this class (the outbox's through its
+`Outbox`, in watcher/outbox.py); a job's states and what moves
 it between them are described in watcher/jobs.py, and each script's keys in its header.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -77,6 +81,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from watcher.change import Change
 from watcher.hosts import Budget
 from watcher.jobs import DEFAULT_ATTEMPTS, Fence, FinishCode, Finished, Job, JobInfo, Lease
+from watcher.outbox import Outbox
 from watcher.schedule import Schedule, ScheduleError
 from watcher.scripts import load_scripts
 
@@ -136,6 +141,8 @@ SCRIPTS = (
     "recover",
     "release",
     "change",
+    "outbox_take",
+    "outbox_done",
     "now",
     "fields",
     "schedulers",
@@ -398,6 +405,8 @@ class Queue:
         self.prefix = f"watcher:{{{name}}}:"
         self.changes_max = changes_max
         self._scripts = load_scripts(redis, self.prefix, SCRIPTS)
+        self.outbox = Outbox(self)
+        """The notifier outbox (watcher/outbox.py: its keys are this queue's too)."""
 
     @classmethod
     def from_url(
@@ -744,6 +753,7 @@ class Queue:
                 KEEP if f.report is None else f.report,
                 f.pause,
                 "" if f.hold_ms is None else str(f.hold_ms),
+                f.alert,
             ]
             for f in finished
         ]
@@ -838,8 +848,19 @@ class Queue:
 
     # -- change history -----------------------------------------------------------------
 
-    async def record_change(self, scheduler_id: str, fence: Fence, change: Change) -> str | None:
-        """Append to the changes stream unless the run is fenced off; the entry id or None."""
+    async def record_change(
+        self,
+        scheduler_id: str,
+        fence: Fence,
+        change: Change,
+        *,
+        notify: Sequence[tuple[str, int]] = (),
+        alert: str = "",
+    ) -> str | None:
+        """Append to the changes stream unless the run is fenced off, with one delivery per
+        notifier in `notify` ((name, ms to deliver within)) in the outbox; `alert` (JSON)
+        tells a resource's alert notifiers it changes again after being stale. The entry id,
+        or None when fenced off or the same change (old and new) was the last recorded."""
         args = [
             scheduler_id,
             fence.seq,
@@ -847,9 +868,14 @@ class Queue:
             self.changes_max,
             change.resource,
             change.to_json(),
+            change_key(change),
+            json.dumps([[name, within] for name, within in notify]),
+            alert,
         ]
-        entry = await self._call("change", args)
-        return None if entry is None else str(entry)
+        reply = await self._call("change", args)
+        if reply is None or not int(reply[1]):
+            return None
+        return str(reply[0])
 
     async def changes(self, resource: str | None = None, limit: int = 20) -> list[Change]:
         """The newest changes first, optionally of one resource."""
@@ -1017,3 +1043,9 @@ def _pack(rows: list[list[str]]) -> str:
 def _rows(flat: Sequence[Any], width: int) -> Iterable[Sequence[Any]]:
     """A script's flat reply, `width` fields a row."""
     return (flat[start : start + width] for start in range(0, len(flat), width))
+
+
+def change_key(change: Change) -> str:
+    """What makes a change the same change: its resource's old and new, hashed."""
+    shown = json.dumps([change.old, change.new], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(shown.encode()).hexdigest()[:32]

@@ -58,9 +58,9 @@ class Ticker:
         for scheduler in due.schedulers:
             catch_up = catch_up_slot(scheduler, now)
             if catch_up is not None:
-                fire_at = scheduler.schedule.fire_time(catch_up)
-                fires.append(Fire(scheduler.id, scheduler.score_ms, fire_at, catch_up, run=False))
-                soonest = min(soonest, fire_at)
+                moved_to = scheduler.schedule.fire_time(catch_up)
+                fires.append(Fire(scheduler.id, scheduler.score_ms, moved_to, catch_up, run=False))
+                soonest = min(soonest, moved_to)
                 self.tally.spread += 1
                 continue
             schedule = scheduler.schedule

@@ -7,18 +7,24 @@
 -- without one, for 1 s doubling with each in a row (a success ends the streak).
 -- A successful run may hold its scheduler's next run (a server's word on freshness): its
 -- next fire time moves to now + hold when that is later, never earlier.
--- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing wait marker schedulers
+-- A resource with alerts tells its notifiers (through the outbox) when it goes down (after
+-- `after` runs in a row gave up; again every `remind` ms while down), when it recovers, and
+-- when it has not changed for `stale` ms.
+-- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing wait marker schedulers outbox deliveries delivery_id
 -- ARGV: prefix, keep ms, keep ms for a scheduler's successful run (its outcome lives on in the
--- scheduler's report), finished cap, then a JSON array with one array of 9 strings per job
+-- scheduler's report), finished cap, then a JSON array with one array of 10 strings per job
 -- (one argument: packing thousands costs a client most):
 --   id, token, kind (ok|fail|retry), retry delay ms, result or error, state ("~" = none),
---   report ("~" = none), host pause ("" none, ms, or "x": back off), hold ms ("" = none)
+--   report ("~" = none), host pause ("" none, ms, or "x": back off), hold ms ("" = none),
+--   alert ("" = none; JSON: after, remind, stale (ms), stale_words, notify (an array of
+--   {name, ms to deliver within}), message (what every event says besides its own words))
 -- Returns: one code per job: 1 done, 0 lease lost, 2 done but its state write was fenced off,
 -- 3 vanished (its hash is gone: Redis lost its data, or it ran elsewhere and expired); plus 8
 -- when this job started a pause of its host (the host was not paused before).
 local active, delayed, events, finished = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local completed, failed, fenced, failing = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local wait, marker, schedulers = KEYS[9], KEYS[10], KEYS[11]
+local outbox, counts, delivery_ids = KEYS[12], KEYS[13], KEYS[14]
 local P, keep, keep_runs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 
@@ -36,10 +42,40 @@ local function pause_host(h, pause)
   return was <= now and 8 or 0
 end
 
+local function tell(alert, resource, event, why)
+  alert_event(P, outbox, counts, delivery_ids, alert, resource, event, why, now)
+end
+
+local function alerts(sk, resource, ok, alert)
+  local said = (alert.message or {}).summary or ''
+  if ok then
+    local s = redis.call('HMGET', sk, 'alerted', 'down_runs', 'last_change', 'created', 'stale')
+    if s[1] then
+      tell(alert, resource, 'recovered', 'recovered after ' .. (s[2] or '?') .. ' failed runs: ' .. said)
+    end
+    if s[1] or s[2] then redis.call('HDEL', sk, 'alerted', 'down_runs') end
+    local stale = tonumber(alert.stale or 0)
+    if stale > 0 and not s[5] and now - tonumber(s[3] or s[4] or now) >= stale then
+      redis.call('HSET', sk, 'stale', 1)
+      tell(alert, resource, 'stale', 'no change for ' .. (alert.stale_words or stale .. ' ms'))
+    end
+    return
+  end
+  local runs = redis.call('HINCRBY', sk, 'down_runs', 1)
+  local after, remind = tonumber(alert.after or 0), tonumber(alert.remind or 0)
+  if after > 0 and runs >= after then
+    local alerted = tonumber(redis.call('HGET', sk, 'alerted') or '0')
+    if alerted == 0 or (remind > 0 and now - alerted >= remind) then
+      redis.call('HSET', sk, 'alerted', now)
+      tell(alert, resource, 'down', 'down after ' .. runs .. ' failed runs: ' .. said)
+    end
+  end
+end
+
 local out = {}
 for _, row in ipairs(cjson.decode(ARGV[5])) do
-  local jid, token, kind, delay, payload, state, report, pause, hold =
-    row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9]
+  local jid, token, kind, delay, payload, state, report, pause, hold, alert =
+    row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10]
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch', 'host')
   if not j[3] then
@@ -87,6 +123,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
           local held = now + tonumber(hold)
           if score and tonumber(score) < held then redis.call('ZADD', schedulers, held, j[2]) end
         end
+        if alert ~= '' then alerts(sk, j[2], kind == 'ok', cjson.decode(alert)) end
       end
       if kind == 'ok' and state ~= '~' then
         local wseq = current and redis.call('HGET', sk, 'wseq') or nil

@@ -86,3 +86,29 @@ local function host_budget(hosts, h)
   local interval, burst, conc = string.match(text, '^(%d+) (%d+) (%d+)$')
   return {interval = tonumber(interval), burst = tonumber(burst), conc = tonumber(conc)}
 end
+
+-- Put a message in the outbox for each notifier: one delivery record each, due now, sent by
+-- any worker that knows the notifier (outbox_take.lua) until sent or past its deadline.
+-- notify: an array of {name, ms to deliver within}; change: the stream entry id or ''. A
+-- change's delivery id is "<entry id>/<notifier>" (the history finds it from the entry), an
+-- event's "e<n>".
+local function deliver(P, outbox, counts, ids_key, notify, resource, event, payload, change, now)
+  for _, target in ipairs(notify) do
+    local name, within = target[1], tonumber(target[2])
+    local id = change ~= '' and (change .. '/' .. name) or ('e' .. redis.call('INCR', ids_key))
+    redis.call('HSET', P .. 'delivery:' .. id, 'notifier', name, 'resource', resource,
+      'event', event, 'payload', payload, 'change', change, 'state', 'pending', 'att', 0,
+      'created', now, 'deadline', now + within)
+    redis.call('ZADD', outbox, now, id)
+    redis.call('HINCRBY', counts, name .. ':pending', 1)
+  end
+end
+
+-- An event of a resource (down, recovered, stale, changing) for its alert's notifiers:
+-- `alert` is what the runner passed ({notify = ..., message = {...}}), `why` a sentence.
+local function alert_event(P, outbox, counts, ids_key, alert, resource, event, why, now)
+  local message = alert.message or {}
+  message.event, message.time, message.summary = event, now / 1000, why
+  deliver(P, outbox, counts, ids_key, alert.notify or {}, resource, event,
+    cjson.encode(message), '', now)
+end

@@ -1,0 +1,116 @@
+"""The notifier outbox at the queue level (watcher/outbox.py): a change and its deliveries
+are recorded together, a change seen twice is delivered once, a leased delivery comes back
+when its worker dies, retries end at the deadline, and the counts say where things stand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from watcher.change import Change
+from watcher.jobs import Fence
+from watcher.outbox import DeliveryResult
+from watcher.queue import Queue
+
+HOUR_MS = 3_600_000
+
+
+async def a_run(queue: Queue, id: str = "r") -> Fence:
+    """A fence as a run of a fresh scheduler carries it."""
+    await queue.upsert_scheduler(id, name="etag", every=3600)
+    info = await queue.get_scheduler(id)
+    assert info is not None
+    return Fence(seq=1, epoch=info.epoch)
+
+
+def change(old: str, new: str) -> Change:
+    return Change(
+        resource="r", check="etag", url="http://127.0.0.1/", time=time.time(),
+        old={"etag": old}, new={"etag": new}, summary=f"ETag {old} → {new}",
+    )  # fmt: skip
+
+
+async def test_a_change_is_recorded_with_one_delivery_per_notifier(queue: Queue) -> None:
+    fence = await a_run(queue)
+    entry = await queue.record_change(
+        "r", fence, change("a", "b"), notify=[("hook", HOUR_MS), ("mail", HOUR_MS)]
+    )
+    assert entry is not None
+    counts = await queue.outbox.counts()
+    assert (counts["hook"].pending, counts["mail"].pending) == (1, 1)
+    taken, _ = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    assert [d.id for d in taken] == [f"{entry}/hook"]  # only the notifiers asked for
+    assert taken[0].change_id == entry and taken[0].payload["new"] == {"etag": "b"}
+    assert await queue.outbox.done([DeliveryResult(taken[0], "sent")]) == [1]
+    states = await queue.outbox.states([f"{entry}/hook", f"{entry}/mail"])
+    assert (states[f"{entry}/hook"].state, states[f"{entry}/mail"].state) == ("sent", "pending")
+    counts = await queue.outbox.counts()
+    assert (counts["hook"].pending, counts["hook"].sent, counts["mail"].pending) == (0, 1, 1)
+
+
+async def test_the_same_change_seen_twice_is_recorded_and_delivered_once(queue: Queue) -> None:
+    """The at-least-once window: a run records its change, dies before writing back its state,
+    and the rerun detects the same change (same old and new)."""
+    fence = await a_run(queue)
+    notify = [("hook", HOUR_MS)]
+    assert await queue.record_change("r", fence, change("a", "b"), notify=notify) is not None
+    assert await queue.record_change("r", fence, change("a", "b"), notify=notify) is None
+    assert len(await queue.changes("r")) == 1
+    assert (await queue.outbox.counts())["hook"].pending == 1
+    # A new change (b -> c), and even a change back (c -> b), are new changes.
+    assert await queue.record_change("r", fence, change("b", "c"), notify=notify) is not None
+    assert await queue.record_change("r", fence, change("c", "b"), notify=notify) is not None
+    assert (await queue.outbox.counts())["hook"].pending == 3
+
+
+async def test_a_delivery_whose_worker_died_is_taken_again_after_its_lease(queue: Queue) -> None:
+    fence = await a_run(queue)
+    await queue.record_change("r", fence, change("a", "b"), notify=[("hook", HOUR_MS)])
+    first, _ = await queue.outbox.take(["hook"], 10, lease_ms=300)
+    assert len(first) == 1
+    assert (await queue.outbox.take(["hook"], 10, lease_ms=300))[0] == []  # leased
+    await asyncio.sleep(0.4)  # the worker that took it died: its lease runs out
+    again, _ = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    assert [d.id for d in again] == [first[0].id] and again[0].attempt == 2
+    # The dead worker's late word no longer counts; the live one's does.
+    assert await queue.outbox.done([DeliveryResult(first[0], "sent")]) == [0]
+    assert await queue.outbox.done([DeliveryResult(again[0], "sent")]) == [1]
+
+
+async def test_retries_end_at_the_deadline_and_the_failure_is_kept(queue: Queue) -> None:
+    fence = await a_run(queue)
+    await queue.record_change("r", fence, change("a", "b"), notify=[("hook", 500)])
+    taken, _ = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    retry = DeliveryResult(taken[0], "retry", delay_ms=100, error="connection refused")
+    assert await queue.outbox.done([retry]) == [2]
+    assert (await queue.outbox.take(["hook"], 10, lease_ms=60_000))[0] == []  # not yet due
+    await asyncio.sleep(0.15)
+    taken, _ = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    late = DeliveryResult(taken[0], "retry", delay_ms=1000, error="connection refused")
+    assert await queue.outbox.done([late]) == [3]  # the next try would be past the deadline
+    counts = (await queue.outbox.counts())["hook"]
+    assert (counts.pending, counts.failed, counts.sent) == (0, 1, 0)
+    [failed] = await queue.outbox.failed()
+    assert (failed["resource"], failed["error"], failed["att"]) == ("r", "connection refused", "2")
+
+
+async def test_alerts_say_down_once_and_recovered_once(queue: Queue) -> None:
+    """finish.lua's alerts: `after` runs in a row that gave up say down once; the first
+    success says recovered; runs in between say nothing."""
+    from watcher.jobs import Finished
+    from watcher.ticker import Ticker
+
+    await queue.upsert_scheduler("r", name="etag", every=3600, attempts=1, immediately=True)
+    alert = {"after": 2, "notify": [["hook", HOUR_MS]], "message": {"resource": "r"}}
+    events = []
+    for outcome in ("fail", "fail", "fail", "fail", "ok", "ok"):
+        await queue.redis.zadd(queue.key("schedulers"), {"r": await queue.now_ms()})  # due
+        await Ticker(queue).tick()
+        [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
+        said = {**alert, "message": {"resource": "r", "summary": f"run {len(events)}"}}
+        finished = Finished(job.lease, outcome, payload="HTTP 503", alert=json.dumps(said))
+        await queue.finish([finished], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
+        taken, _ = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+        events.append([d.payload["event"] for d in taken])
+    assert events == [[], ["down"], [], [], ["recovered"], []]
