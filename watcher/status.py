@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from watcher.masking import mask_urls
+from watcher.outbox import DeliveryCounts
 from watcher.queue import HostState, Queue, Refusal, SchedulerInfo
 from watcher.schedule import Schedule, format_duration
 
@@ -75,6 +76,8 @@ class Snapshot:
     """Why Redis refuses writes now (out of memory, ...): workers back off meanwhile."""
     hosts: list[HostState] = field(default_factory=list)
     """Hosts whose budgets are at work: in flight, parked, paused, runs held so far."""
+    deliveries: dict[str, DeliveryCounts] = field(default_factory=dict)
+    """Per notifier: deliveries pending and failed now, sent so far (the outbox)."""
 
 
 def resource_state(info: SchedulerInfo, now_ms: int) -> str:
@@ -162,6 +165,7 @@ async def collect(queue: Queue, limit: int = 100) -> Snapshot:
         resources=rows,
         redis_refuses_writes=await queue.write_refusal(),
         hosts=list((await queue.host_states(await queue.host_names())).values()),
+        deliveries=await queue.outbox.counts(),
     )
 
 
@@ -216,6 +220,7 @@ def _head(snapshot: Snapshot) -> dict[str, Any]:
         "checks_per_minute": snapshot.checks_per_minute,
         "not_modified_share": snapshot.not_modified_share,
         "redis_refuses_writes": asdict(refusal) if refusal else None,
+        "deliveries": {name: asdict(n) for name, n in snapshot.deliveries.items()},
     }
 
 
@@ -343,7 +348,28 @@ def render(snapshot: Snapshot, limit: int = 100) -> Group:
         parts.append(Text(note, style="dim"))
     if held := _hosts_text(snapshot):
         parts.append(held)
+    if deliveries := _deliveries_text(snapshot):
+        parts.append(deliveries)
     return Group(*parts)
+
+
+def _deliveries_text(snapshot: Snapshot) -> Text | None:
+    """ "deliveries: team 3 pending, 1 failed · ops 12 sent", when anything is pending or
+    failed (a notifier that only ever sent is not news)."""
+    if not any(n.pending or n.failed for n in snapshot.deliveries.values()):
+        return None
+    text = Text("deliveries: ", style="dim")
+    for at, (name, n) in enumerate(snapshot.deliveries.items()):
+        if at:
+            text.append(" · ", style="dim")
+        text.append(f"{name} ")
+        text.append(f"{n.pending:,} pending", style="yellow" if n.pending else "dim")
+        text.append(", ", style="dim")
+        text.append(f"{n.failed:,} failed", style="bold red" if n.failed else "dim")
+        text.append(f", {n.sent:,} sent", style="dim")
+    if any(n.failed for n in snapshot.deliveries.values()):
+        text.append("  (watcher history shows which)", style="dim")
+    return text
 
 
 def _hosts_text(snapshot: Snapshot) -> Text | None:
