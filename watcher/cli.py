@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import AuthenticationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -28,6 +30,7 @@ from watcher.backoff import backoff
 from watcher.connection import QueueSettings, read_queue_settings
 from watcher.keeper import SyncWatch
 from watcher.logs import setup_logging
+from watcher.outbox import DeliveryState
 from watcher.queue import UNAVAILABLE, Queue
 from watcher.redis_server import RedisServer, RedisServerError
 from watcher.registry import PluginError, add_plugin_dir, load_check, plugin_dirs
@@ -660,26 +663,44 @@ async def cmd_prune(args: argparse.Namespace) -> int:
 
 async def cmd_history(args: argparse.Namespace) -> int:
     async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
-        changes = await queue.changes(args.id, args.limit)
-        if args.id and not changes and await queue.get_scheduler(args.id) is None:
+        entries = await queue.change_entries(args.id, args.limit)
+        if args.id and not entries and await queue.get_scheduler(args.id) is None:
             raise UsageError(f"no resource {args.id!r} in queue {queue.name!r}")
+        states = await queue.outbox.states([f"{c.id}/{n}" for c, names in entries for n in names])
     if args.json:
-        print(json.dumps([c.to_dict() for c in changes], indent=2))
+        shown = [
+            {**c.to_dict(), "deliveries": {n: asdict(states[f"{c.id}/{n}"]) for n in names}}
+            for c, names in entries
+        ]
+        print(json.dumps(shown, indent=2))
         return EXIT_OK
-    if not changes:
+    if not entries:
         console.print("no changes recorded" + (f" for {args.id}" if args.id else ""))
         return EXIT_OK
-    for change in changes:
+    for change, names in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.time))
         code = f" ({change.status_code})" if change.status_code else ""
         console.print(
-            f"[dim]{when}[/] [bold]{change.resource}[/] {change.summary}{code}", highlight=False
+            f"[dim]{when}[/] [bold]{escape(change.resource)}[/] {escape(change.summary)}{code}",
+            highlight=False,
         )
+        if names:
+            said = [_delivery_words(states[f"{change.id}/{name}"]) for name in names]
+            console.print(Text("  → " + " · ".join(said), style="dim"))
         if change.details:
             from rich.syntax import Syntax
 
             console.print(Syntax(change.details, "diff", theme="ansi_dark"))
     return EXIT_OK
+
+
+def _delivery_words(state: DeliveryState) -> str:
+    """ "team sent", "ops pending (3 attempts: connection refused)", "ops failed (...)"."""
+    words = f"{state.notifier} {state.state}"
+    if state.state in ("pending", "sending", "failed") and state.attempts:
+        tries = f"{state.attempts} attempt{'s' * (state.attempts > 1)}"
+        words += f" ({tries}: {state.error})" if state.error else f" ({tries})"
+    return words
 
 
 async def cmd_check(args: argparse.Namespace) -> int:

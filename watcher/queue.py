@@ -879,13 +879,21 @@ class Queue:
 
     async def changes(self, resource: str | None = None, limit: int = 20) -> list[Change]:
         """The newest changes first, optionally of one resource."""
-        found: list[Change] = []
+        return [change for change, _ in await self.change_entries(resource, limit)]
+
+    async def change_entries(
+        self, resource: str | None = None, limit: int = 20
+    ) -> list[tuple[Change, list[str]]]:
+        """The newest changes first, each with the notifiers it went into the outbox for (its
+        deliveries are "<change id>/<notifier>": `outbox.states`)."""
+        found: list[tuple[Change, list[str]]] = []
         end = "+"
         while len(found) < limit:
             page = _entries(await self.redis.xrevrange(self.key("changes"), max=end, count=500))
             for entry_id, fields in page:
                 if resource is None or fields.get("resource") == resource:
-                    found.append(Change.from_dict({**json.loads(fields["change"]), "id": entry_id}))
+                    change = Change.from_dict({**json.loads(fields["change"]), "id": entry_id})
+                    found.append((change, json.loads(fields.get("notify") or "[]")))
                     if len(found) == limit:
                         break
             if len(page) < 500:
