@@ -169,7 +169,13 @@ async def test_webhook_posts_change_json(hook: HookServer) -> None:
     await webhook(hook.url, headers={"X-Env": "prod", "Authorization": SECRET}).send(change)
     [req] = hook.requests
     assert req.path == "/hook/tok123"
-    assert json.loads(req.body) == {**change.to_dict(), "event": "change"}
+    sent = json.loads(req.body)
+    assert (sent.pop("title"), sent.pop("body")) == (
+        "watcher: docs changed",
+        'docs (https://example.test/docs) changed at 2023-11-14 22:13 UTC: ETag "a" → "b"'
+        "\n\n- a\n+ b",
+    )
+    assert sent == {**change.to_dict(), "event": "change"}
     headers = {k.lower(): v for k, v in req.headers.items()}
     assert headers["content-type"] == "application/json"
     assert headers["x-env"] == "prod"
@@ -293,6 +299,9 @@ async def test_command_gets_json_on_stdin_and_env(
         "WATCHER_OLD_ETAG": '"a"',
         "WATCHER_NEW_ETAG": '"b"',
         "WATCHER_CHANGE_JSON": change.to_json(),
+        "WATCHER_TITLE": "watcher: docs changed",
+        "WATCHER_BODY": 'docs (https://example.test/docs) changed at 2023-11-14 22:13 UTC: '
+        'ETag "a" → "b"',
     }
     # A clean environment: the basics, not whatever the worker inherited.
     assert "INHERITED_VAR" not in seen["env"]

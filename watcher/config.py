@@ -17,7 +17,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, available_timezones
@@ -38,6 +38,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from watcher import secrets
+from watcher.apprise_urls import APPRISE_EXAMPLES, apprise_url_problem, shown_apprise_url
 from watcher.connection import queue_name_for
 from watcher.freshness import DEFAULT_MAX_EVERY
 from watcher.hosts import DEFAULT_CONCURRENCY, Budget, host_key_problem, parse_rate
@@ -58,6 +59,7 @@ from watcher.yaml_source import (
 log = logging.getLogger("watcher.config")
 
 __all__ = [
+    "AppriseNotifier",
     "CommandNotifier",
     "Config",
     "ConfigError",
@@ -377,8 +379,25 @@ def _drop_empty(data: Any) -> Any:
     return data
 
 
+def _message_template(value: str) -> str:
+    # Imported here: jinja2 is loaded only by configurations that have templates.
+    from watcher.templates import template_problem
+
+    problem = template_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+MessageTemplate = Annotated[str, AfterValidator(_message_template)]
+"""A notifier's `title:` or `body:` (watcher.templates); None: the default."""
+
+
 class ConsoleNotifier(_Model):
     type: Literal["console"] = "console"
+    title: MessageTemplate | None = None
+    body: MessageTemplate | None = None
+    """Replaces the console's log line when set."""
 
 
 class WebhookNotifier(_Model):
@@ -387,6 +406,8 @@ class WebhookNotifier(_Model):
     headers: Headers = Field(default_factory=dict, repr=False)
     timeout: PositiveDuration = 10.0
     retries: int = Field(default=3, ge=0)
+    title: MessageTemplate | None = None
+    body: MessageTemplate | None = None
 
     def masked_headers(self) -> dict[str, str]:
         return mask_headers(self.headers)
@@ -411,15 +432,58 @@ class CommandNotifier(_Model):
     )
     """Variables the command gets besides PATH, HOME, LANG, LC_*, TZ and its WATCHER_* ones:
     names passed on from the worker's environment, or a map of values."""
+    title: MessageTemplate | None = None
+    body: MessageTemplate | None = None
+
+
+def _apprise_url(value: str) -> str:
+    url = value.strip()
+    problem = "it is empty" if not url else apprise_url_problem(url)
+    if problem:
+        raise ValueError(f"invalid Apprise URL {show(shown_apprise_url(url))}: {problem}")
+    return url
+
+
+def _some_urls(urls: list[str]) -> list[str]:
+    if not urls:
+        raise ValueError(f"expected at least one Apprise URL, e.g. {APPRISE_EXAMPLES}")
+    return urls
+
+
+AppriseUrls = Annotated[
+    list[Annotated[str, AfterValidator(_apprise_url)]],
+    BeforeValidator(_string_list),
+    AfterValidator(_some_urls),
+]
+
+
+class AppriseNotifier(_Model):
+    """Sends to every service apprise knows (Slack, Discord, Telegram, email, ntfy, ...)."""
+
+    type: Literal["apprise"] = "apprise"
+    urls: AppriseUrls = Field(repr=False)
+    timeout: PositiveDuration = 30.0
+    title: MessageTemplate | None = None
+    body: MessageTemplate | None = None
+
+    def shown_urls(self) -> list[str]:
+        """The URLs as they may be shown (`shown_apprise_url`)."""
+        return [shown_apprise_url(url) for url in self.urls]
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        yield from super().__repr_args__()
+        yield "urls", self.shown_urls()
 
 
 NotifierConfig = Annotated[
-    ConsoleNotifier | WebhookNotifier | CommandNotifier, Field(discriminator="type")
+    ConsoleNotifier | WebhookNotifier | CommandNotifier | AppriseNotifier,
+    Field(discriminator="type"),
 ]
 _NOTIFIER_MODELS: dict[str, type[_Model]] = {
     "console": ConsoleNotifier,
     "webhook": WebhookNotifier,
     "command": CommandNotifier,
+    "apprise": AppriseNotifier,
 }
 
 _TEMPLATE_FIELDS = frozenset(

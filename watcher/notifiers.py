@@ -1,10 +1,11 @@
-"""Notifiers: where a detected change is sent (console line, webhook, command)."""
+"""Notifiers: where a detected change is sent (console line, webhook, command, apprise)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import re
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -15,16 +16,26 @@ from pydantic import TypeAdapter, ValidationError
 from rich.markup import escape
 
 from watcher import __version__
+from watcher.apprise_urls import (
+    apprise_log_capture,
+    apprise_url_problem,
+    mask_apprise_text,
+    shown_apprise_url,
+)
 from watcher.backoff import backoff
 from watcher.change import Change
 from watcher.check import parse_retry_after
+from watcher.config import AppriseNotifier as AppriseSpec
 from watcher.config import CommandNotifier as CommandSpec
+from watcher.config import ConsoleNotifier as ConsoleSpec
 from watcher.config import NotifierConfig
 from watcher.config import WebhookNotifier as WebhookSpec
 from watcher.http import InvalidResponse
 from watcher.masking import mask_headers
+from watcher.templates import ChangeTemplates, Message, describe
 
 __all__ = [
+    "AppriseNotifier",
     "CommandNotifier",
     "ConsoleNotifier",
     "Notifier",
@@ -39,6 +50,11 @@ notify_log = logging.getLogger("watcher.notify")
 
 # Linux refuses a single environment string over 128 KiB (MAX_ARG_STRLEN) with E2BIG.
 _ENV_JSON_LIMIT = 100_000
+_ENV_TEXT_LIMIT = 100_000
+"""Bytes of WATCHER_TITLE or WATCHER_BODY (UTF-8); a longer one is cut."""
+_APPRISE_GRACE = 2.0
+"""Seconds past an apprise notifier's timeout before its thread is no longer waited for."""
+_APPRISE_REASON_LIMIT = 300
 _KILL_GRACE = 2.0
 _STDERR_LINE_LIMIT = 300
 # What a command gets from the worker's environment besides its WATCHER_* change variables;
@@ -73,30 +89,21 @@ class Notifier(Protocol):
     async def send(self, change: Change) -> None: ...
 
 
-def _describe(change: Change) -> str:
-    if change.summary:
-        return change.summary
-    for key, label in (
-        ("etag", "ETag"),
-        ("last_modified", "Last-Modified"),
-        ("content_hash", "content hash"),
-    ):
-        old, new = change.old.get(key), change.new.get(key)
-        if old != new:
-            if key == "content_hash":
-                old, new = (str(v)[:12] if v else v for v in (old, new))
-            return f"{label} {old or 'none'} → {new or 'none'}"
-    return "content changed"
-
-
 class ConsoleNotifier:
-    """One rich log line per change on the ``watcher.changes`` logger."""
+    """One rich log line per change on the ``watcher.changes`` logger; with a `body`
+    template, that body instead (as plain text)."""
 
     max_duration: float | None = None
 
-    def __init__(self, name: str = "console", logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "console",
+        logger: logging.Logger | None = None,
+        templates: ChangeTemplates | None = None,
+    ) -> None:
         self.name = name
         self._log = logger or changes_log
+        self.templates = templates or ChangeTemplates(notifier=name)
 
     def format(self, change: Change) -> str:
         # Resource ids, validators and summaries come from users and servers: escape them so a
@@ -106,12 +113,15 @@ class ConsoleNotifier:
     @staticmethod
     def plain(change: Change, *, named: bool = True) -> str:
         """The change in words, without markup."""
-        line = f"changed: {_describe(change)}"
+        line = f"changed: {describe(change)}"
         if change.status_code is not None:
             line += f" ({change.status_code})"
         return f"{change.resource} {line}" if named else line
 
     async def send(self, change: Change) -> None:
+        if self.templates.custom_body:
+            self._log.info("%s", self.templates.render(change).body)
+            return
         self._log.info(self.format(change), extra={"markup": True})
 
 
@@ -141,6 +151,7 @@ class WebhookNotifier:
         *,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        templates: ChangeTemplates | None = None,
     ) -> None:
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -158,6 +169,7 @@ class WebhookNotifier:
         self.retries = int(retries)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.templates = templates or ChangeTemplates(notifier=name)
         self._client = client
         self._request_headers = httpx.Headers({"User-Agent": f"watcher/{__version__}"})
         self._request_headers.update(self.headers)
@@ -174,7 +186,12 @@ class WebhookNotifier:
         return backoff(retry, self.backoff_base, self.backoff_cap)
 
     async def send(self, change: Change) -> None:
-        payload = {**change.to_dict(), "event": "change"}
+        message = self.templates.render(change)
+        payload = {
+            **change.to_dict(),
+            "title": message.title,
+            "body": message.body,
+        }
         if self._client is not None:
             await self._deliver(self._client, change, payload)
             return
@@ -268,7 +285,7 @@ def command_base_env(
     return base
 
 
-def _command_env(change: Change, base: Mapping[str, str]) -> dict[str, str]:
+def _command_env(change: Change, message: Message, base: Mapping[str, str]) -> dict[str, str]:
     as_json = change.to_json()
     if len(as_json) > _ENV_JSON_LIMIT:
         # stdin always carries the full change; the env copy drops the (large) details.
@@ -282,9 +299,20 @@ def _command_env(change: Change, base: Mapping[str, str]) -> dict[str, str]:
         "WATCHER_OLD_ETAG": str(change.old.get("etag") or ""),
         "WATCHER_NEW_ETAG": str(change.new.get("etag") or ""),
         "WATCHER_CHANGE_JSON": as_json,
+        "WATCHER_TITLE": _env_text(message.title),
+        "WATCHER_BODY": _env_text(message.body),
     }
     # A NUL byte cannot be passed through the environment.
     return {**base, **{k: v.replace("\0", "") for k, v in values.items()}}
+
+
+def _env_text(text: str) -> str:
+    """`text`, cut to fit in one environment variable."""
+    encoded = text.encode()
+    if len(encoded) <= _ENV_TEXT_LIMIT:
+        return text
+    note = "\n[… cut to fit in the environment]"
+    return encoded[: _ENV_TEXT_LIMIT - 64].decode("utf-8", "ignore") + note
 
 
 def _last_line(data: bytes) -> str:
@@ -305,6 +333,7 @@ class CommandNotifier:
         argv: Sequence[str],
         timeout: float = 30.0,
         env: Sequence[str] | Mapping[str, str] = (),
+        templates: ChangeTemplates | None = None,
     ) -> None:
         if not argv:
             raise ValueError(f"notifier {name!r}: command must not be empty")
@@ -321,6 +350,7 @@ class CommandNotifier:
         self.env: Sequence[str] | Mapping[str, str] = (
             {str(k): str(v) for k, v in env.items()} if isinstance(env, Mapping) else list(env)
         )
+        self.templates = templates or ChangeTemplates(notifier=name)
 
     @property
     def max_duration(self) -> float:
@@ -348,7 +378,7 @@ class CommandNotifier:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                env=_command_env(change, command_base_env(self.env)),
+                env=_command_env(change, self.templates.render(change), command_base_env(self.env)),
                 # Its own process group, so a timeout kills whatever it spawned too.
                 start_new_session=True,
             )
@@ -393,6 +423,130 @@ class CommandNotifier:
             notify_log.debug("command notifier %r: pid %d not reaped in time", self.name, proc.pid)
 
 
+_CAUSES = (
+    ("connection refused", ("refused",)),
+    ("timed out", ("timed out", "timeout")),
+    (
+        "cannot resolve host",
+        ("name or service not known", "nodename nor servname", "name resolution", "getaddrinfo"),
+    ),
+    ("TLS error", ("certificate", "ssl")),
+    ("authentication failed", ("authentication", "auth failed")),
+)
+_HTTP_STATUS = re.compile(r"error=(\d{3})\b")
+
+
+def _apprise_reason(said: Sequence[tuple[int, str]]) -> str:
+    """Why a delivery failed, from what apprise logged: the cause (refused, timed out, an
+    HTTP status, ...) first, then apprise's own words."""
+    warnings = [message for level, message in said if level >= logging.WARNING]
+    exceptions = [
+        message.partition(":")[2].strip()
+        for _, message in said
+        if message.startswith("Socket Exception")
+    ]
+    words = "; ".join(dict.fromkeys(warnings)) or "; ".join(exceptions)
+    cause = _cause(" ".join([*exceptions, *warnings]))
+    if cause is None and exceptions and warnings:
+        words += f" ({exceptions[-1]})"
+    if not words:
+        return cause or "apprise gave no reason"
+    return f"{cause}: {words}" if cause else words
+
+
+def _cause(text: str) -> str | None:
+    status = _HTTP_STATUS.search(text)
+    if status:
+        return f"HTTP {status.group(1)}"
+    lowered = text.lower()
+    return next((cause for cause, signs in _CAUSES if any(s in lowered for s in signs)), None)
+
+
+class AppriseNotifier:
+    """Sends the change's title and body to every URL, through apprise (Slack, Discord,
+    Telegram, email, ntfy, ...): one attempt per URL, at once, each bounded by `timeout`.
+
+    Apprise is synchronous: each delivery runs in a thread of its own; what apprise logs on
+    the way is captured to say why one failed. URLs are shown only masked."""
+
+    def __init__(
+        self,
+        name: str,
+        urls: Sequence[str],
+        timeout: float = 30.0,
+        templates: ChangeTemplates | None = None,
+    ) -> None:
+        if isinstance(urls, str) or not urls:
+            raise ValueError(f"notifier {name!r}: urls must be a non-empty list")
+        if timeout <= 0:
+            raise ValueError(f"notifier {name!r}: timeout must be positive, got {timeout!r}")
+        for url in urls:
+            if problem := apprise_url_problem(url):
+                shown = shown_apprise_url(url)
+                raise ValueError(f"notifier {name!r}: invalid Apprise URL {shown}: {problem}")
+        self.name = name
+        self.urls = list(urls)
+        self.timeout = float(timeout)
+        self.templates = templates or ChangeTemplates(notifier=name)
+
+    def __repr__(self) -> str:
+        shown = [shown_apprise_url(url) for url in self.urls]
+        return f"AppriseNotifier(name={self.name!r}, urls={shown!r}, timeout={self.timeout:g})"
+
+    @property
+    def max_duration(self) -> float:
+        return self.timeout + _APPRISE_GRACE + 1.0
+
+    async def send(self, change: Change) -> None:
+        message = self.templates.render(change)
+        reasons = await asyncio.gather(*(self._deliver(url, message) for url in self.urls))
+        failed = [
+            f"{shown_apprise_url(url)}: {reason}"
+            for url, reason in zip(self.urls, reasons, strict=True)
+            if reason is not None
+        ]
+        if not failed:
+            return
+        if len(self.urls) > 1:
+            failed.insert(0, f"{len(failed)} of {len(self.urls)} URLs failed")
+        reason = "; ".join(failed)
+        notify_log.warning(
+            "apprise notifier %r failed for resource %r: %s", self.name, change.resource, reason
+        )
+        raise NotifyFailed(self.name, change.resource, reason, logged=True)
+
+    async def _deliver(self, url: str, message: Message) -> str | None:
+        """None once delivered, else why not (masked)."""
+        try:
+            async with asyncio.timeout(self.timeout + _APPRISE_GRACE):
+                return await asyncio.to_thread(self._deliver_blocking, url, message)
+        except TimeoutError:
+            return f"timed out after {self.timeout:g}s"
+
+    def _deliver_blocking(self, url: str, message: Message) -> str | None:
+        import apprise
+
+        with apprise_log_capture() as said:
+            try:
+                # A fresh instance per delivery: no state shared between threads.
+                sender = apprise.Apprise()
+                sender.add(url)
+                result = sender.notify(
+                    body=message.body,
+                    title=message.title,
+                    body_format=apprise.NotifyFormat.TEXT,
+                    timeout=self.timeout,
+                )
+            except Exception as exc:  # a plugin's bug must not pass for a delivery
+                return mask_apprise_text(f"apprise crashed: {_exc_text(exc)}", url)
+        if result:
+            return None
+        if getattr(result, "status", None) == apprise.AppriseResultStatus.TIMEOUT:
+            return f"timed out after {self.timeout:g}s"
+        reason = mask_apprise_text(_apprise_reason(said), url)
+        return reason[:_APPRISE_REASON_LIMIT]
+
+
 _DEFINITION: TypeAdapter[NotifierConfig] = TypeAdapter(NotifierConfig)
 
 
@@ -408,6 +562,7 @@ def _build_one(
             error = exc.errors()[0]
             where = ".".join(str(part) for part in error["loc"][1:]) or "type"
             raise ValueError(f"notifier {name!r}: {where}: {error['msg']}") from None
+    templates = ChangeTemplates(definition.title, definition.body, notifier=name)
     if isinstance(definition, WebhookSpec):
         return WebhookNotifier(
             name,
@@ -416,12 +571,20 @@ def _build_one(
             timeout=definition.timeout,
             retries=definition.retries,
             client=client,
+            templates=templates,
         )
     if isinstance(definition, CommandSpec):
-        # The configuration model (watcher/config.py) does not declare `env` yet.
-        env = definition.env
-        return CommandNotifier(name, definition.command, timeout=definition.timeout, env=env)
-    return ConsoleNotifier(name)
+        return CommandNotifier(
+            name,
+            definition.command,
+            timeout=definition.timeout,
+            env=definition.env,
+            templates=templates,
+        )
+    if isinstance(definition, AppriseSpec):
+        return AppriseNotifier(name, definition.urls, definition.timeout, templates)
+    assert isinstance(definition, ConsoleSpec)
+    return ConsoleNotifier(name, templates=templates)
 
 
 def build_notifiers(
