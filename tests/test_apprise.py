@@ -160,9 +160,8 @@ async def test_refused_port_says_refused_and_masks_the_url(
         await AppriseNotifier("team", [url]).send(make_change())
     reason = failed.value.reason
     assert reason.startswith(f"json://127.0.0.1:{port}/***: connection refused")
-    assert failed.value.logged and failed.value.notifier == "team"
-    [warning] = notify_warnings(caplog)
-    assert "'team'" in warning and "'docs'" in warning and "connection refused" in warning
+    assert failed.value.notifier == "team"
+    assert notify_warnings(caplog) == []  # the caller (the courier) says it, once per delivery
     assert SECRET not in caplog.text + reason and "k3y-value" not in caplog.text + reason
 
 

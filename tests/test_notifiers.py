@@ -228,7 +228,7 @@ async def test_webhook_gives_up_when_retry_after_exceeds_cap(hook: HookServer) -
     assert time.monotonic() - started < 1.0
 
 
-async def test_webhook_final_failure_logs_one_masked_warning(
+async def test_webhook_final_failure_is_one_masked_reason_for_the_caller_to_say(
     hook: HookServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     hook.reply(*[Reply(500)] * 3)
@@ -236,15 +236,12 @@ async def test_webhook_final_failure_logs_one_masked_warning(
     notifier = webhook(hook.url, name="ops-hook", headers=headers, retries=2)
     with pytest.raises(NotifyFailed) as info:
         await notifier.send(make_change())
-    assert info.value.logged
+    assert not info.value.logged  # the courier says it, once per delivery
     assert "HTTP 500" in info.value.reason and "after 3 attempts" in info.value.reason
+    assert "/hook/tok123" not in info.value.reason  # the URL's path may be its credential
     assert len(hook.requests) == 3
-    [warning] = notify_warnings(caplog)
-    message = warning.getMessage()
-    assert "'ops-hook'" in message and "'docs'" in message and "HTTP 500" in message
-    assert "s3cr3t" not in caplog.text and "tok-value" not in caplog.text
-    assert "'Authorization': '***'" in message and "'X-Env': 'prod'" in message
-    assert "tok123" not in message  # the URL path can be a credential too
+    assert notify_warnings(caplog) == []
+    assert "s3cr3t" not in str(info.value) and "tok-value" not in str(info.value)
 
 
 async def test_webhook_timeout_is_retried_then_fails(hook: HookServer) -> None:
@@ -388,7 +385,7 @@ def test_build_notifiers_from_config_dicts() -> None:
         "https://example.test/h",
         {"A": "1"},
         10.0,
-        3,
+        0,  # the outbox retries deliveries; no quick retries by default
     )
     assert isinstance(run, CommandNotifier)
     assert run.argv == ["notify-send", "watcher says", "hi"] and run.timeout == 5.0

@@ -41,6 +41,7 @@ from watcher import secrets
 from watcher.apprise_urls import APPRISE_EXAMPLES, apprise_url_problem, shown_apprise_url
 from watcher.connection import queue_name_for
 from watcher.freshness import DEFAULT_MAX_EVERY
+from watcher.outbox import DEFAULT_DELIVER_WITHIN
 from watcher.hosts import DEFAULT_CONCURRENCY, Budget, host_key_problem, parse_rate
 from watcher.limits import BYTES_VARIABLE, Limits, format_size
 from watcher.masking import is_secret, mask_headers
@@ -405,7 +406,10 @@ class WebhookNotifier(_Model):
     url: HttpUrl
     headers: Headers = Field(default_factory=dict, repr=False)
     timeout: PositiveDuration = 10.0
-    retries: int = Field(default=3, ge=0)
+    retries: int = Field(default=0, ge=0)
+    """Quick retries within one delivery attempt; the outbox retries deliveries anyway, with
+    backoff, until `deliver_within`."""
+    deliver_within: PositiveDuration = DEFAULT_DELIVER_WITHIN
     title: MessageTemplate | None = None
     body: MessageTemplate | None = None
 
@@ -432,6 +436,7 @@ class CommandNotifier(_Model):
     )
     """Variables the command gets besides PATH, HOME, LANG, LC_*, TZ and its WATCHER_* ones:
     names passed on from the worker's environment, or a map of values."""
+    deliver_within: PositiveDuration = DEFAULT_DELIVER_WITHIN
     title: MessageTemplate | None = None
     body: MessageTemplate | None = None
 
@@ -463,6 +468,7 @@ class AppriseNotifier(_Model):
     type: Literal["apprise"] = "apprise"
     urls: AppriseUrls = Field(repr=False)
     timeout: PositiveDuration = 30.0
+    deliver_within: PositiveDuration = DEFAULT_DELIVER_WITHIN
     title: MessageTemplate | None = None
     body: MessageTemplate | None = None
 
@@ -507,6 +513,12 @@ class ResourceConfig(_Model):
     """server: a server's word on freshness (Cache-Control, Expires) holds runs back, up to
     `max_every`; fixed: the schedule alone decides."""
     max_every: PositiveDuration = DEFAULT_MAX_EVERY
+    alert_after: int = Field(default=0, ge=0)
+    """Runs in a row that gave up before the notifiers hear "down" (0: never)."""
+    remind_every: NonNegativeDuration = 0.0
+    """While down, say so again this often (0: once)."""
+    expect_change_within: NonNegativeDuration = 0.0
+    """No change for this long: the notifiers hear "stale" once (0: never)."""
     method: Method = "GET"
     headers: Headers = Field(default_factory=dict, repr=False)
     secret_headers: HeaderNameList = Field(default_factory=list)
@@ -581,6 +593,9 @@ class ResourceConfig(_Model):
             data["cadence"] = self.cadence
         if self.max_every != DEFAULT_MAX_EVERY:
             data["max_every"] = self.max_every
+        for alert in ("alert_after", "remind_every", "expect_change_within"):
+            if getattr(self, alert):
+                data[alert] = getattr(self, alert)
         return secrets.with_references(data, self._from_env)
 
     def masked_headers(self) -> dict[str, str]:

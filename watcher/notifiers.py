@@ -146,7 +146,7 @@ class WebhookNotifier:
         url: str,
         headers: Mapping[str, str] | None = None,
         timeout: float = 10.0,
-        retries: int = 3,
+        retries: int = 0,
         client: httpx.AsyncClient | None = None,
         *,
         backoff_base: float = 0.5,
@@ -230,15 +230,8 @@ class WebhookNotifier:
                 delay,
             )
             await asyncio.sleep(delay)
-        notify_log.warning(
-            "webhook notifier %r failed for resource %r: %s (target %s, headers %s)",
-            self.name,
-            change.resource,
-            reason,
-            self._safe_target,
-            mask_headers(self.headers),
-        )
-        raise NotifyFailed(self.name, change.resource, reason, logged=True)
+        # Said by the caller (the courier: once per delivery, not per attempt).
+        raise NotifyFailed(self.name, change.resource, f"{reason} (target {self._safe_target})")
 
     async def _attempt(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> _Attempt | None:
         try:
@@ -509,11 +502,8 @@ class AppriseNotifier:
             return
         if len(self.urls) > 1:
             failed.insert(0, f"{len(failed)} of {len(self.urls)} URLs failed")
-        reason = "; ".join(failed)
-        notify_log.warning(
-            "apprise notifier %r failed for resource %r: %s", self.name, change.resource, reason
-        )
-        raise NotifyFailed(self.name, change.resource, reason, logged=True)
+        # Said by the caller (the courier: once per delivery, not per attempt).
+        raise NotifyFailed(self.name, change.resource, "; ".join(failed))
 
     async def _deliver(self, url: str, message: Message) -> str | None:
         """None once delivered, else why not (masked)."""
@@ -585,6 +575,22 @@ def _build_one(
         return AppriseNotifier(name, definition.urls, definition.timeout, templates)
     assert isinstance(definition, ConsoleSpec)
     return ConsoleNotifier(name, templates=templates)
+
+
+def delivery_deadlines(
+    definitions: Mapping[str, NotifierConfig | Mapping[str, Any]],
+) -> dict[str, float]:
+    """Seconds each notifier's deliveries are retried (`deliver_within`) before they fail."""
+    deadlines = {}
+    for name, definition in definitions.items():
+        within = (
+            definition.get("deliver_within")
+            if isinstance(definition, Mapping)
+            else getattr(definition, "deliver_within", None)
+        )
+        if within is not None:
+            deadlines[name] = float(within)
+    return deadlines
 
 
 def build_notifiers(
