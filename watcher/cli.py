@@ -40,6 +40,7 @@ from watcher.yaml_source import ConfigError
 
 if TYPE_CHECKING:  # the read commands (status, history) start faster without them
     from watcher.config import Config, NotifierConfig
+    from watcher.metrics import Metrics
     from watcher.runner import CheckRunner
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -356,9 +357,16 @@ async def cmd_sync(args: argparse.Namespace) -> int:
 async def cmd_run(args: argparse.Namespace) -> int:
 
     config = read_config(args.config)
+    async with serving_metrics(args) as metrics:
+        return await _run(args, config, metrics)
+
+
+async def _run(args: argparse.Namespace, config: Config, metrics: Metrics | None) -> int:
     if not await wait_for_redis(args, config):
         return EXIT_OK
     async with open_queue(args, config, announce=True) as queue:
+        if metrics:
+            metrics.queue = queue
         await do_sync(queue, config, dry_run=False, adopt=args.adopt)
         console.print(
             f"watching {len(config.resources)} resource(s) from {config.source} (queue "
@@ -376,6 +384,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
         if args.processes > 1:
             supervisor = Supervisor(worker_process(args, queue, config), args.processes)
+            if metrics:
+                metrics.runs = supervisor.total
 
             async def restart_workers(fresh: Config) -> None:
                 if notifier_definitions(fresh) != supervisor.options.notifiers:
@@ -397,7 +407,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
             reload = asyncio.create_task(watch_config(args, queue, swap_notifiers))
             try:
                 await serve_here(
-                    args, queue, config, worker={"resync": sync_again}, started=runners.append
+                    args,
+                    queue,
+                    config,
+                    worker={"resync": sync_again},
+                    started=runners.append,
+                    metrics=metrics,
                 )
             finally:
                 reload.cancel()
@@ -424,6 +439,7 @@ def worker_process(args: argparse.Namespace, queue: Queue, config: Config | None
         debug=args.debug,
         worker={"watch_sync": False},  # the supervisor watches the sync marker for them all
         plugin_dirs=plugin_dirs(),
+        per_resource=args.metrics_per_resource,
     )
 
 
@@ -434,8 +450,10 @@ async def serve_here(
     *,
     worker: dict[str, Any],
     started: Callable[[CheckRunner], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
-    """Check workers in this process (`--processes 1`) until SIGTERM/SIGINT."""
+    """Check workers in this process (`--processes 1`) until SIGTERM/SIGINT; with
+    `metrics`, what they count is added to its runs every second."""
     from watcher.runner import serve
 
     await serve(
@@ -447,7 +465,43 @@ async def serve_here(
         started=started,
         worker=worker,
         summary_every=summary_every(args),
+        report=None if metrics is None else metrics.runs.add,
+        per_resource=args.metrics_per_resource,
     )
+
+
+@contextlib.asynccontextmanager
+async def serving_metrics(args: argparse.Namespace) -> AsyncIterator[Metrics | None]:
+    """/metrics on `--metrics HOST:PORT` while the command runs (None without it). It
+    listens at once: a port in use is a usage error before any work starts."""
+    if args.metrics is None:
+        if args.metrics_per_resource:
+            raise UsageError("--metrics-per-resource needs --metrics HOST:PORT")
+        yield None
+        return
+    from watcher.metrics import Metrics, MetricsServer
+
+    metrics = Metrics(per_resource=args.metrics_per_resource)
+    server = MetricsServer(metrics)
+    host, port = args.metrics
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        why = escape(_os_why(exc))
+        raise UsageError(f"--metrics {escape(where)}: cannot listen there: {why}") from None
+    console.print(f"metrics at http://{escape(where)}/metrics")
+    try:
+        yield metrics
+    finally:
+        await server.close()
+
+
+def _os_why(exc: OSError) -> str:
+    """'address already in use', rather than the errno and the address tuple."""
+    errno = exc.errno or 0  # negative: a host name that does not resolve (gaierror)
+    text = os.strerror(errno) if errno > 0 else exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
 
 
 def summary_every(args: argparse.Namespace) -> float:
@@ -561,18 +615,27 @@ async def cmd_worker(args: argparse.Namespace) -> int:
                 "set WATCHER_REDIS_URL, --redis, or `redis:` in the YAML (or start "
                 "`watcher run` here first: workers here then use its embedded Redis)"
             )
+    async with serving_metrics(args) as metrics:
+        return await _work(args, config, metrics)
+
+
+async def _work(args: argparse.Namespace, config: Config | None, metrics: Metrics | None) -> int:
     if not await wait_for_redis(args, config):
         return EXIT_OK
     async with open_queue(args, config) as queue:
+        if metrics:
+            metrics.queue = queue
         console.print(
             f"worker on queue {queue.name!r} at {_safe_url(queue.url or '')}, {_workers(args)}"
         )
         if args.processes > 1:
             supervisor = Supervisor(worker_process(args, queue, config), args.processes)
+            if metrics:
+                metrics.runs = supervisor.total
             await supervise(supervisor, SyncWatch(queue, expect_synced=True), args)
             return EXIT_OK
         # a queue no sync wrote checks nothing: say so
-        await serve_here(args, queue, config, worker={"expect_synced": True})
+        await serve_here(args, queue, config, worker={"expect_synced": True}, metrics=metrics)
     return EXIT_OK
 
 
@@ -826,6 +889,19 @@ def parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="a summary line every SECONDS (default: 10; 0: none)",
         )
+        cmd.add_argument(
+            "--metrics",
+            type=_listen_address,
+            metavar="HOST:PORT",
+            help="serve Prometheus metrics at http://HOST:PORT/metrics while running, summed "
+            "over the worker processes (e.g. 127.0.0.1:9108; docs/metrics.md)",
+        )
+        cmd.add_argument(
+            "--metrics-per-resource",
+            action="store_true",
+            help="with --metrics: also series per resource (one per resource and outcome: "
+            "many, at scale)",
+        )
     sync = add("sync", "reconcile the YAML into schedulers and print the plan", cmd_sync)
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     for cmd in (run, sync):
@@ -906,6 +982,15 @@ def _http_url(text: str) -> str:
     if "://" not in text:
         raise argparse.ArgumentTypeError(f"{text!r} is not a URL: did you mean https://{text}?")
     return text
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    from watcher.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> int:

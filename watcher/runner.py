@@ -56,28 +56,39 @@ NEXT_RUN_WAIT = 1.0
 
 class RunStats:
     """Runs in the last minute, in one-second buckets, for the worker's heartbeat; and
-    the same counted into a `Tally` for the summary line."""
+    the same counted into a `Tally` for the summary line and the metrics."""
 
-    def __init__(self, window: int = 60) -> None:
+    def __init__(self, window: int = 60, *, per_resource: bool = False) -> None:
         self.window = window
         self.tally = Tally()
+        self.per_resource = per_resource
+        """Also count runs by resource (`--metrics-per-resource`)."""
         self._buckets: deque[list[int]] = deque()  # [second, runs, not_modified, changes, failed]
 
     def add(
         self,
+        check: str,
+        seconds: float,
         *,
+        resource: str = "",
         not_modified: bool = False,
         changed: bool = False,
+        baseline: bool = False,
         failed: bool = False,
         retrying: bool = False,
     ) -> None:
-        """One run: `failed` when it ended failed, `retrying` when it failed and runs again."""
+        """One run of `check` (of `resource`) that took `seconds`: `failed` when it ended
+        failed, `retrying` when it failed and runs again."""
         tally = self.tally
         tally.checks += 1
         tally.not_modified += not_modified
         tally.changes += changed
         tally.failures += failed
         tally.retries += retrying
+        outcome = _outcome(not_modified, changed, baseline, failed, retrying)
+        tally.record_run(check, outcome, seconds)
+        if self.per_resource:
+            tally.record_resource(resource, outcome, seconds)
         second = int(time.time())
         if not self._buckets or self._buckets[-1][0] != second:
             self._buckets.append([second, 0, 0, 0, 0])
@@ -95,6 +106,21 @@ class RunStats:
         return dict(
             zip(("runs_1m", "not_modified_1m", "changes_1m", "failed_1m"), totals, strict=True)
         )
+
+
+def _outcome(
+    not_modified: bool, changed: bool, baseline: bool, failed: bool, retrying: bool
+) -> str:
+    """The run's outcome as the metrics label it (watcher.tally.OUTCOMES)."""
+    if failed:
+        return "failed"
+    if retrying:
+        return "retrying"
+    if baseline:
+        return "baseline"
+    if changed:
+        return "changed"
+    return "not_modified" if not_modified else "unchanged"
 
 
 class CheckRunner:
@@ -166,8 +192,9 @@ class CheckRunner:
         """A failure worth retrying: quiet (but with -v) until the last attempt, which says
         it gave up. The worker fails the job once its attempts are used up."""
         reason = resource.redact(exc.reason)
+        took = time.monotonic() - started
         if job.attempt < job.max_attempts:
-            self.stats.add(retrying=True)
+            self.stats.add(job.name, took, resource=resource.id, retrying=True)
             checks_log.info(
                 "%s attempt %d of %d failed, retrying: %s",
                 resource.id,
@@ -176,7 +203,7 @@ class CheckRunner:
                 _plain(reason, exc.status_code),
             )
         else:
-            self.stats.add(failed=True)
+            self.stats.add(job.name, took, resource=resource.id, failed=True)
             attempts = f"{job.attempt} attempt{'s' if job.attempt > 1 else ''}"
             what = f"gave up after {attempts}: {_plain(reason, exc.status_code)}"
             log.warning("%s: %s%s", resource.id, what, await self._next_run(job, started))
@@ -185,7 +212,7 @@ class CheckRunner:
         return Retry(reason, delay=exc.retry_after, report=report, pause=pause, pause_note=note)
 
     async def _failed(self, job: Job, resource: Resource, exc: CheckFailed, started: float) -> Fail:
-        self.stats.add(failed=True)
+        self.stats.add(job.name, time.monotonic() - started, resource=resource.id, failed=True)
         reason = resource.redact(exc.reason)
         what = f"failed: {_plain(reason, exc.status_code)}"
         log.warning("%s: %s%s", resource.id, what, await self._next_run(job, started))
@@ -194,7 +221,7 @@ class CheckRunner:
     async def _crashed(self, job: Job, resource: Resource, exc: Exception, started: float) -> Fail:
         """A check's bug: its traceback the first time that check crashes in this process,
         then a line a run; every time with --debug."""
-        self.stats.add(failed=True)
+        self.stats.add(job.name, time.monotonic() - started, resource=resource.id, failed=True)
         reason = resource.redact(f"check crashed: {type(exc).__name__}: {exc}")
         said = f"{resource.id}: {reason}{await self._next_run(job, started)}"
         if log.isEnabledFor(logging.DEBUG):
@@ -230,7 +257,14 @@ class CheckRunner:
         self, job: Job, resource: Resource, result: CheckResult, started: float
     ) -> Outcome:
         changed = result.changed and not result.baseline
-        self.stats.add(not_modified=result.not_modified, changed=changed)
+        self.stats.add(
+            job.name,
+            time.monotonic() - started,
+            resource=resource.id,
+            not_modified=result.not_modified,
+            changed=changed,
+            baseline=result.baseline,
+        )
         summary = resource.redact(result.summary)
         if changed and job.scheduler_id and job.fence:
             change = Change(
@@ -350,13 +384,16 @@ async def serve(
     started: Callable[[CheckRunner], None] | None = None,
     summary_every: float = 0.0,
     report: Callable[[Tally], None] | None = None,
+    per_resource: bool = False,
 ) -> None:
     """Run check workers on `queue` until stopped (SIGTERM/SIGINT when asked). `started`
     gets the runner, e.g. to swap its notifiers when the configuration is reloaded. With
     `summary_every`, a summary line is logged that often; `report` gets what was counted
-    every second instead (a worker process tells its supervisor)."""
+    every second (a worker process tells its supervisor; `--metrics` keeps a total).
+    `per_resource` counts runs by resource too."""
     async with make_client(transport=transport, max_connections=concurrency) as client:
         runner = CheckRunner(queue, client, build_notifiers(notifiers or {}, client))
+        runner.stats.per_resource = per_resource
         if started:
             started(runner)
         running = Worker(
@@ -368,10 +405,14 @@ async def serve(
             **(worker or {}),
         )
         tasks = []
-        if summary_every > 0:
-            tasks.append(asyncio.create_task(summarize(queue, running.tally.take, summary_every)))
+        take = running.tally.take
         if report is not None:
+            if summary_every > 0:  # both want what was counted: the summary's is kept aside
+                period = Tally()
+                report, take = _also_into(period, report), period.take
             tasks.append(asyncio.create_task(_report_every_second(running.tally, report)))
+        if summary_every > 0:
+            tasks.append(asyncio.create_task(summarize(queue, take, summary_every)))
         try:
             await running.run(install_signal_handlers=install_signal_handlers)
         finally:
@@ -380,6 +421,14 @@ async def serve(
             if report is not None:
                 report(running.tally.take())
         await runner.drain()
+
+
+def _also_into(period: Tally, report: Callable[[Tally], None]) -> Callable[[Tally], None]:
+    def both(taken: Tally) -> None:
+        period.add(taken)
+        report(taken)
+
+    return both
 
 
 async def _report_every_second(tally: Tally, report: Callable[[Tally], None]) -> None:

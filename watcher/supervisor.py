@@ -56,6 +56,8 @@ class WorkerProcess:
     plugin_dirs: tuple[str, ...] = ()
     """Directories to import dotted-path checks from (the config file's), as
     `watcher.registry.plugin_dirs()` gives them."""
+    per_resource: bool = False
+    """Count runs by resource too (`--metrics-per-resource`)."""
 
     @property
     def grace(self) -> float:
@@ -87,6 +89,7 @@ async def _serve(options: WorkerProcess, reports: Connection) -> None:
             install_signal_handlers=True,
             worker=dict(options.worker),
             report=reports.send,
+            per_resource=options.per_resource,
         )
     finally:
         await queue.close()
@@ -112,7 +115,10 @@ class Supervisor:
         self.children = [_Child(slot) for slot in range(processes)]
         self.restarts = 0
         self.tally = Tally()
-        """What every child's runs came to, added up as they report it."""
+        """What every child's runs came to, added up as they report it (the summary line
+        takes it)."""
+        self.total = Tally()
+        """The same, never taken: what they came to since the start (the metrics)."""
         self._context = multiprocessing.get_context("spawn")
         self._stopping = asyncio.Event()
 
@@ -171,7 +177,9 @@ class Supervisor:
             return
         try:
             while reports.poll():
-                self.tally.add(reports.recv())
+                report = reports.recv()
+                self.tally.add(report)
+                self.total.add(report)
         except (EOFError, OSError):  # the child is gone; so is what it had not sent
             reports.close()
             child.reports = None
