@@ -1,104 +1,118 @@
 """The ``content`` check: a SHA-256 of the body, or of a selection of it.
 
-Options: ``regex`` (the matches, one per line; group 1 when the regex has
-groups) or ``json_path`` (a dotted path such as ``data.items.0.price``). Text is
-kept in the state (up to 64 KiB) so that a change comes with a unified diff.
+The selection: the resource's ``filters:`` (`watcher.filters`: css, xpath, html2text,
+json_path, jq, regex, ignore, strip, sort), after the older options ``regex`` (the
+matches, one per line; group 1 when the regex has groups) or ``json_path`` (a dotted path
+such as ``data.items.0.price``, or ``$.items[0].price``). Text is kept in the state (up to
+``diff_max_bytes``, 64 KiB) so that a change comes with a diff (`watcher.diffs`); a JSON
+selection (json_path, jq) is shown as its old → new value.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import json
-import re
 from typing import Any
 
-import httpx
+from pydantic import Field, field_validator, model_validator
 
-from watcher.check import CheckContext, CheckFailed, CheckResult
+from watcher import diffs, filters
+from watcher.check import (
+    CheckContext,
+    CheckFailed,
+    CheckResult,
+    FetchOptions,
+    declare_options,
+)
 from watcher.fetch import require_success
 
-TEXT_CAP = 64 * 1024
+TEXT_CAP = diffs.DEFAULT_KEEP_BYTES
 
 
+class ContentOptions(FetchOptions):
+    uses_filters = True
+    regex: str | None = None
+    """Hash the matches of this regex (group 1 when it has groups); no match is no text."""
+    json_path: str | None = None
+    """Hash the JSON value at this path (dotted, or JSONPath from ``$``)."""
+    follow_redirects: bool = True
+    diff_max_bytes: int = Field(default=diffs.DEFAULT_KEEP_BYTES, gt=0, le=16 * 1024 * 1024)
+    """How much of the text the state keeps for diffs."""
+
+    @field_validator("regex")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            filters.parse_filter({"regex": value})
+        return value
+
+    @field_validator("json_path")
+    @classmethod
+    def _valid_json_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            filters.parse_filter({"json_path": value})
+        return value
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> ContentOptions:
+        if self.regex and self.json_path:
+            raise ValueError("options `regex` and `json_path` cannot be used together")
+        return self
+
+
+@declare_options(ContentOptions)
 async def check(ctx: CheckContext) -> CheckResult:
-    async with ctx.stream() as response:
+    options = ctx.resource.options
+    follow = bool(options.get("follow_redirects", True))
+    async with ctx.stream(follow=follow) as response:
         require_success(response)
         body = await ctx.read_body(response)
-    data, text = select(ctx.resource.options, body, response)
-    new: dict[str, Any] = {
-        "content_hash": hashlib.sha256(data).hexdigest(),
-        "status_code": response.status_code,
-    }
-    if text is not None:
-        new["text"] = text[:TEXT_CAP]
-    return _result(ctx.state, new)
+    keep_bytes = diffs.keep_limit(options)
+    new: dict[str, Any] = {"status_code": response.status_code}
+    chain = selection(options)
+    if chain:
+        filtered = filters.apply(chain, filters.decode(body, response.charset_encoding))
+        new["content_hash"] = _sha256(filtered.text.encode())
+        new |= filters.remembered(filtered, keep_bytes)
+    else:
+        new["content_hash"] = _sha256(body)
+        if _is_text(response.headers.get("content-type", "")):
+            text = filters.decode(body, response.charset_encoding)
+            new["text"] = diffs.keep(text, keep_bytes)
+    return _result(ctx.state, new, keep_bytes)
 
 
-def select(options: Any, body: bytes, response: httpx.Response) -> tuple[bytes, str | None]:
-    """The bytes to hash and, for text, the text to keep for diffs."""
+def selection(options: Any) -> list[filters.Filter]:
+    """The filter chain: the ``regex`` or ``json_path`` option, then ``filters:``."""
     regex, json_path = options.get("regex"), options.get("json_path")
     if regex and json_path:
         raise CheckFailed("options 'regex' and 'json_path' cannot be used together")
-    if regex:
-        text = _select_regex(regex, _decode(body, response))
-    elif json_path:
-        text = _select_json(json_path, body)
-    else:
-        return body, (_decode(body, response) if _is_text(response) else None)
-    return text.encode(), text
+    chain = []
+    try:
+        if regex:  # as before filters existed: no match is an empty text, not a failure
+            chain.append(filters.parse_filter({"regex": regex, "optional": True}))
+        if json_path:
+            chain.append(filters.parse_filter({"json_path": json_path}))
+    except ValueError as exc:
+        raise CheckFailed(f"option {'regex' if regex else 'json_path'}: {exc}") from None
+    return chain + filters.chain_from_options(options)
 
 
 def resolve(data: Any, path: str) -> Any:
-    """Follow a dotted path through dicts (keys) and lists (indexes)."""
-    parts = path.split(".")
-    for depth, part in enumerate(parts):
-        if (
-            isinstance(data, list)
-            and part.lstrip("-").isdigit()
-            and -len(data) <= int(part) < len(data)
-        ):
-            data = data[int(part)]
-        elif isinstance(data, dict) and part in data:
-            data = data[part]
-        else:
-            raise CheckFailed(f"json_path {path!r}: nothing at {'.'.join(parts[: depth + 1])!r}")
-    return data
+    """Follow a dotted path through dicts (keys) and lists (indexes); CheckFailed says
+    where it leads nowhere."""
+    return filters.resolve_dotted(data, path)
 
 
-def _select_regex(pattern: str, text: str) -> str:
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise CheckFailed(f"invalid regex option {pattern!r}: {exc}") from exc
-    group = 1 if compiled.groups else 0
-    return "\n".join(match.group(group) or "" for match in compiled.finditer(text))
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def _select_json(path: str, body: bytes) -> str:
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise CheckFailed(f"json_path {path!r}: the body is not JSON ({exc})") from exc
-    value = resolve(document, path)
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
-
-
-def _is_text(response: httpx.Response) -> bool:
-    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+def _is_text(content_type: str) -> bool:
+    kind = content_type.split(";")[0].strip().lower()
     return kind.startswith("text/") or "json" in kind or "xml" in kind
 
 
-def _decode(body: bytes, response: httpx.Response) -> str:
-    try:
-        return body.decode(response.charset_encoding or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know
-        return body.decode("utf-8", errors="replace")
-
-
-def _result(old: dict[str, Any], new: dict[str, Any]) -> CheckResult:
+def _result(old: dict[str, Any], new: dict[str, Any], keep_bytes: int) -> CheckResult:
     status = new["status_code"]
     short = new["content_hash"][:12]
     if not old:
@@ -106,39 +120,20 @@ def _result(old: dict[str, Any], new: dict[str, Any]) -> CheckResult:
         return CheckResult(False, new, summary, status_code=status, baseline=True)
     if old.get("content_hash") == new["content_hash"]:
         return CheckResult(False, new, f"unchanged: sha256 {short}", status_code=status)
-    details = _diff(old.get("text"), new.get("text"))
+    details = diffs.describe(old.get("text"), new.get("text"), kept=keep_bytes)
     summary = f"content changed: sha256 {str(old.get('content_hash'))[:12]} → {short}"
     if details and details.startswith("---"):
-        added, removed = _count(details)
+        added, removed = diffs.count_lines(details)
         summary += f" (+{added} -{removed} lines)"
-    # The hash, not the text kept for diffs: the text is in the details.
-    shown = {"content_hash": old["content_hash"]} if old.get("content_hash") else {}
+    shown_old, shown_new = _shown(old, new)
     return CheckResult(
-        True,
-        new,
-        summary,
-        details=details,
-        status_code=status,
-        old=shown,
-        new={"content_hash": new["content_hash"]},
+        True, new, summary, details=details, status_code=status, old=shown_old, new=shown_new
     )
 
 
-def _diff(before: str | None, after: str | None) -> str | None:
-    if before is None or after is None:
-        return None
-    lines = difflib.unified_diff(
-        before.splitlines(), after.splitlines(), "before", "after", lineterm=""
-    )
-    diff = "\n".join(lines)
-    if not diff:  # the hashes differ beyond the text kept in the state
-        return f"the change is beyond the first {TEXT_CAP // 1024} KiB kept for diffs"
-    return diff if len(diff) <= TEXT_CAP else diff[:TEXT_CAP] + "\n… (diff truncated)"
-
-
-def _count(diff: str) -> tuple[int, int]:
-    lines = diff.splitlines()[2:]  # past the ---/+++ header
-    return (
-        sum(line.startswith("+") for line in lines),
-        sum(line.startswith("-") for line in lines),
-    )
+def _shown(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A JSON selection's values; else the hashes (the text is in the details)."""
+    if "value" in old and "value" in new:
+        return {"value": old["value"]}, {"value": new["value"]}
+    shown_old = {"content_hash": old["content_hash"]} if old.get("content_hash") else {}
+    return shown_old, {"content_hash": new["content_hash"]}

@@ -11,9 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from watcher.check import CheckContext, CheckResult, TransientCheckError
+from watcher.check import (
+    CheckContext,
+    CheckResult,
+    FetchOptions,
+    TransientCheckError,
+    declare_options,
+)
 
 
+class StatusOptions(FetchOptions):
+    follow_redirects: bool = True
+
+
+@declare_options(StatusOptions)
 async def check(ctx: CheckContext) -> CheckResult:
     new = await observe(ctx)
     old = ctx.state

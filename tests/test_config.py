@@ -175,7 +175,8 @@ def test_env_substitution_defaults_and_dollar_escape() -> None:
               X-Price: $$5 and $${NOT_A_VAR}
               X-Optional: ${UNSET:-}
               X-Fallback: ${EMPTY:-fallback}
-            options: {pattern: 'v(\\d+)$'}
+            check: content
+            options: {regex: 'v(\\d+)$'}
         """,
         env={
             "REDIS_URL": "redis://r:6379/1",
@@ -192,7 +193,7 @@ def test_env_substitution_defaults_and_dollar_escape() -> None:
         "X-Price": "$5 and ${NOT_A_VAR}",
         "X-Fallback": "fallback",
     }
-    assert resource.options == {"pattern": "v(\\d+)$"}  # a lone $ is left alone
+    assert resource.options == {"regex": "v(\\d+)$"}  # a lone $ is left alone
 
 
 def test_yaml_anchors_and_merge_keys() -> None:
@@ -225,7 +226,9 @@ def test_identity_changes_with_what_the_state_depends_on() -> None:
     accept = {"Accept": "application/json"}
     assert ResourceConfig(id="a", url=base.url, headers=accept).identity() != base.identity()
     regex = {"regex": "v(\\d+)"}
-    assert ResourceConfig(id="a", url=base.url, options=regex).identity() != base.identity()
+    content = ResourceConfig(id="a", url=base.url, check="content")
+    with_regex = ResourceConfig(id="a", url=base.url, check="content", options=regex)
+    assert with_regex.identity() != content.identity()
     assert len(base.identity()) == 16
 
 
@@ -342,7 +345,7 @@ def test_unknown_key_with_did_you_mean(text: str, expected: str) -> None:
 
 def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     message = only_error("colour: blue\n")
-    expected = "unknown key `colour`; expected one of: redis, queue, history_limit, hosts, defaults"
+    expected = "unknown key `colour`; expected one of: redis, queue, history_limit, hosts, metrics"
     assert expected in message
 
 

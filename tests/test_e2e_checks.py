@@ -29,7 +29,6 @@ from watcher.change import Change
 from watcher.http import make_client
 from watcher.jobs import JobInfo, JobState
 from watcher.masking import MASK
-from watcher.notifiers import build_notifiers
 from watcher.queue import Fence, Queue, SchedulerInfo
 from watcher.runner import CheckRunner
 from watcher.worker import Worker
@@ -89,9 +88,15 @@ async def checking(
     worker.setdefault("grace", 2.0)
     worker.setdefault("backoff_base", 0.05)
     async with make_client(transport=transport) as client:
-        runner = CheckRunner(queue, client, build_notifiers(notifiers or {}, client))
-        async with running(Worker(queue, runner.handler, metrics=runner.stats.snapshot, **worker)):
+        runner = CheckRunner(queue, client)
+        runner.use_notifiers(notifiers or {})
+        checks = Worker(queue, runner.handler, metrics=runner.stats.snapshot, **worker)
+        courier = runner.courier_for(checks)
+        sending = asyncio.create_task(courier.run())
+        async with running(checks):
             yield runner
+        await courier.stop(grace=5.0)
+        await sending
         await runner.drain()
 
 

@@ -194,7 +194,8 @@ def test_aliased_text_counts_against_the_size_limit() -> None:
 
 def test_merge_keys_do_not_multiply() -> None:
     """`<<: [*a, *a]` on every level doubled the pairs each level: 2**24 here."""
-    lines = ["resources:", "  - id: a", "    url: http://127.0.0.1:9/", "    options:"]
+    lines = ["resources:", "  - id: a", "    url: http://127.0.0.1:9/"]
+    lines += ["    check: mypkg.checks:price", "    options:"]  # a plugin: any options
     lines.append("      m0: &m0 {x: 1}")
     lines += [f"      m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], k{i}: {i}}}" for i in range(1, 25)]
     started = time.perf_counter()
@@ -237,14 +238,15 @@ def test_a_50mb_string_is_refused_with_file_and_line(tmp_path: Path) -> None:
 
 def test_limits_come_from_the_environment() -> None:
     text = (
-        'resources:\n  - id: a\n    url: http://127.0.0.1:9/\n    options: {s: "'
+        'resources:\n  - id: a\n    url: http://127.0.0.1:9/\n    check: mypkg.checks:price\n'
+        '    options: {s: "'
         + "y" * 100
         + '"}\n'
     )
     assert parse_config(text, env={}).resources[0].options["s"] == "y" * 100
     with pytest.raises(ConfigError) as short:
         parse_config(text, env={"WATCHER_MAX_CONFIG_STRING": "99"})
-    assert "watcher.yaml:4:18: resources[0].options.s:" in str(short.value)
+    assert "watcher.yaml:5:18: resources[0].options.s:" in str(short.value)
     with pytest.raises(ConfigError) as small:
         parse_config(text, env={"WATCHER_MAX_CONFIG_BYTES": "64"})
     assert "larger than 64 bytes" in str(small.value)

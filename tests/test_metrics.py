@@ -415,3 +415,12 @@ async def test_a_bad_metrics_option_is_a_usage_error(
         assert said in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert origin.requests == []
+
+
+def test_the_yaml_can_say_where_metrics_listen() -> None:
+    from watcher.config import ConfigError, parse_config
+
+    config = parse_config("metrics: {listen: '127.0.0.1:9108', per_resource: true}\n")
+    assert config.metrics is not None and config.metrics.listen == "127.0.0.1:9108"
+    with pytest.raises(ConfigError, match=r"watcher.yaml:1:\d+: metrics.listen: .*HOST:PORT"):
+        parse_config("metrics: {listen: 'localhost'}\n")

@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,13 @@ import pytest
 from watcher.check import CheckContext, CheckFailed, CheckResult, Resource
 from watcher.http import make_client
 from watcher.masking import MASK
-from watcher.notifiers import build_notifiers
 from watcher.queue import Queue
 from watcher.registry import load_check
 from watcher.runner import CheckRunner
-from watcher.worker import Worker
 
-from .helpers import running, wait_for
+from .helpers import wait_for
 from .origin import Origin
+from .test_e2e_checks import checking as e2e_checking
 
 WATCHER = str(Path(sys.executable).parent / "watcher")
 PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "examples" / "plugins"
@@ -80,16 +79,11 @@ def template(id: str, url: str, **extra: Any) -> dict[str, Any]:
     return {"id": id, "url": url, "method": "GET", "timeout": 5.0, "options": {}, **extra}
 
 
-@contextlib.asynccontextmanager
-async def checking(
+def checking(
     queue: Queue, notifiers: Mapping[str, Mapping[str, Any]] | None = None
-) -> AsyncIterator[CheckRunner]:
-    """A check worker in this process, stopped (and its notifications drained) on exit."""
-    async with make_client(transport="httpx") as client:
-        runner = CheckRunner(queue, client, build_notifiers(notifiers or {}, client))
-        async with running(Worker(queue, runner.handler, grace=2.0, backoff_base=0.05)):
-            yield runner
-        await runner.drain()
+) -> contextlib.AbstractAsyncContextManager[CheckRunner]:
+    """A check worker in this process (with its courier), stopped on exit."""
+    return e2e_checking(queue, transport="httpx", notifiers=notifiers)
 
 
 async def stored(queue: Queue, id: str, key: str) -> Any:

@@ -6,6 +6,12 @@ a dotted path ``package.module:name`` in the YAML. Built-in checks in ``checks/`
 use only this module and `watcher.fetch` (the safe HTTP exchange, also reachable as
 ``ctx.fetch()``, ``ctx.stream()`` and ``ctx.read_body()``), exactly as a third-party plugin
 would. Importing it does no I/O.
+
+A check declares the ``options`` it reads as a pydantic model, its ``Options`` attribute
+(`declare_options` sets it on a function; a class-based check may define it in its body).
+The YAML's ``options`` are validated against it when the file loads: an unknown or
+mistyped key is a configuration error with a "did you mean". A check that declares
+nothing accepts any options, as before.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
 from watcher import masking, secrets
 
@@ -36,10 +43,14 @@ __all__ = [
     "Check",
     "CheckContext",
     "CheckFailed",
+    "CheckOptions",
     "CheckResult",
+    "FetchOptions",
     "Resource",
     "SchedulerUpsert",
     "TransientCheckError",
+    "declare_options",
+    "declared_options",
     "parse_retry_after",
 ]
 
@@ -217,6 +228,47 @@ class TransientCheckError(CheckFailed):
 
 
 Check = Callable[[CheckContext], Awaitable[CheckResult]]
+
+
+class CheckOptions(BaseModel):
+    """The base of a check's declared options: keys it does not declare are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    uses_filters: ClassVar[bool] = False
+    """True when the check applies the resource's ``filters:`` (`watcher.filters`), which it
+    finds in its options under ``filters``; for other checks, ``filters:`` is an error."""
+
+
+class FetchOptions(CheckOptions):
+    """The options the safe fetch (`watcher.fetch`) reads, for checks that fetch with it."""
+
+    max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    """The cap on a body, in bytes (decoded)."""
+    max_redirects: int = Field(default=5, ge=0, le=100)
+
+
+_CheckT = TypeVar("_CheckT")
+
+
+def declare_options(model: type[BaseModel]) -> Callable[[_CheckT], _CheckT]:
+    """A decorator: the check reads the options `model` describes (``check.Options``).
+
+    ``@declare_options(MyOptions)`` above ``async def check(ctx)``; `model` usually derives
+    from `CheckOptions` (or `FetchOptions` when the check fetches with ``ctx.fetch()``)."""
+
+    def declare(check: _CheckT) -> _CheckT:
+        setattr(check, "Options", model)  # noqa: B010 -- a function has no declared attributes
+        return check
+
+    return declare
+
+
+def declared_options(check: object) -> type[BaseModel] | None:
+    """The options model a check declares (its ``Options`` attribute), or None."""
+    model = getattr(check, "Options", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model
+    return None
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -64,8 +64,9 @@ def read_config(path: str) -> Config:
     """Load and validate the YAML, including that every check can be loaded."""
     from watcher.config import load_config
 
+    # Dotted paths import from beside the YAML, also while it loads (plugins' options).
+    add_plugin_dir(os.path.dirname(os.path.abspath(path)))
     config = load_config(path)
-    add_plugin_dir(os.path.dirname(os.path.abspath(path)))  # dotted paths: beside the YAML
     problems = []
     failed: dict[str, PluginError | None] = {}
     for index, resource in enumerate(config.resources):
@@ -357,7 +358,7 @@ async def cmd_sync(args: argparse.Namespace) -> int:
 async def cmd_run(args: argparse.Namespace) -> int:
 
     config = read_config(args.config)
-    async with serving_metrics(args) as metrics:
+    async with serving_metrics(args, config) as metrics:
         return await _run(args, config, metrics)
 
 
@@ -471,9 +472,15 @@ async def serve_here(
 
 
 @contextlib.asynccontextmanager
-async def serving_metrics(args: argparse.Namespace) -> AsyncIterator[Metrics | None]:
-    """/metrics on `--metrics HOST:PORT` while the command runs (None without it). It
-    listens at once: a port in use is a usage error before any work starts."""
+async def serving_metrics(
+    args: argparse.Namespace, config: Config | None
+) -> AsyncIterator[Metrics | None]:
+    """/metrics on `--metrics HOST:PORT` (or the YAML's `metrics: {listen}`) while the command
+    runs (None without it). It listens at once: a port in use is a usage error before any
+    work starts."""
+    if args.metrics is None and config is not None and config.metrics is not None:
+        args.metrics = _listen_address(config.metrics.listen)
+        args.metrics_per_resource = args.metrics_per_resource or config.metrics.per_resource
     if args.metrics is None:
         if args.metrics_per_resource:
             raise UsageError("--metrics-per-resource needs --metrics HOST:PORT")
@@ -615,7 +622,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
                 "set WATCHER_REDIS_URL, --redis, or `redis:` in the YAML (or start "
                 "`watcher run` here first: workers here then use its embedded Redis)"
             )
-    async with serving_metrics(args) as metrics:
+    async with serving_metrics(args, config) as metrics:
         return await _work(args, config, metrics)
 
 

@@ -35,16 +35,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from watcher import secrets
 from watcher.apprise_urls import APPRISE_EXAMPLES, apprise_url_problem, shown_apprise_url
 from watcher.connection import queue_name_for
 from watcher.freshness import DEFAULT_MAX_EVERY
-from watcher.outbox import DEFAULT_DELIVER_WITHIN
 from watcher.hosts import DEFAULT_CONCURRENCY, Budget, host_key_problem, parse_rate
 from watcher.limits import BYTES_VARIABLE, Limits, format_size
 from watcher.masking import is_secret, mask_headers
+from watcher.outbox import DEFAULT_DELIVER_WITHIN
 from watcher.schedule import Schedule, ScheduleError, format_duration
 from watcher.yaml_source import (
     ConfigError,
@@ -84,6 +84,7 @@ TOP_LEVEL_KEYS = (
     "queue",
     "history_limit",
     "hosts",
+    "metrics",
     "defaults",
     "notifiers",
     "resources",
@@ -497,6 +498,79 @@ _TEMPLATE_FIELDS = frozenset(
 )
 
 
+MAX_FILTERS = 64
+_DEFAULTS_PROBE = {"id": "defaults", "url": "http://defaults"}
+"""How `defaults` is validated alone: its options are checked in each resource instead,
+against that resource's check."""
+
+
+def _filter_list(value: Any) -> Any:
+    """`filters: html2text` (one filter) stands for a list of one; at most MAX_FILTERS."""
+    if isinstance(value, str | dict):
+        return [value]
+    if isinstance(value, list) and len(value) > MAX_FILTERS:
+        raise ValueError(f"at most {MAX_FILTERS} filters (got {len(value)})")
+    return value
+
+
+def _filter_entry(value: Any) -> Any:
+    from watcher.filters import parse_filter
+
+    return parse_filter(value).canonical()
+
+
+FilterChain = Annotated[
+    list[Annotated[str | dict[str, Any], BeforeValidator(_filter_entry)]],
+    BeforeValidator(_filter_list),
+]
+
+
+def _is_defaults_probe(info: ValidationInfo) -> bool:
+    return all(info.data.get(key) == value for key, value in _DEFAULTS_PROBE.items())
+
+
+def _declared_options(check: str, options: dict[str, Any]) -> None:
+    """Validate `options` against what `check` declares (`watcher.check.declare_options`);
+    a ValidationError located at each option, an unknown one with "did you mean"."""
+    from watcher.registry import options_of
+
+    model = options_of(check)
+    if model is None:
+        return
+    try:
+        model.model_validate(options)
+    except ValidationError as exc:
+        known = tuple(model.model_fields)
+        errors = [_option_error(error, check, known) for error in exc.errors(include_url=False)]
+        raise ValidationError.from_exception_data("options", errors) from None
+
+
+def _option_error(error: ErrorDetails, check: str, known: tuple[str, ...]) -> InitErrorDetails:
+    if error["type"] != "extra_forbidden":
+        details = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
+        if "ctx" in error:
+            details["ctx"] = error["ctx"]
+        return details
+    name = str(error["loc"][-1])
+    suggestion = _did_you_mean(name, known)
+    if suggestion:
+        hint = f" (did you mean `{suggestion}`?)"
+    else:
+        hint = f"; expected one of: {', '.join(known)}" if known else "; it takes none"
+    message = f"unknown option `{name}` for check `{check}`{hint}"
+    return InitErrorDetails(
+        type="value_error", loc=error["loc"], input=error["input"], ctx={"error": message}
+    )
+
+
+def _uses_filters(check: str) -> bool:
+    """Whether `check` applies `filters:`; a check that declares no options may."""
+    from watcher.registry import options_of
+
+    model = options_of(check)
+    return model is None or bool(getattr(model, "uses_filters", False))
+
+
 class ResourceConfig(_Model):
     """One watched resource, with every default applied; durations are in seconds."""
 
@@ -525,6 +599,9 @@ class ResourceConfig(_Model):
     timeout: PositiveDuration = 10.0
     notify: NameList = Field(default_factory=lambda: ["console"])
     options: Options = Field(default_factory=dict)
+    filters: FilterChain = Field(default_factory=list)
+    """The `watcher.filters` chain, each entry in its canonical form; it reaches the check
+    in its options, under `filters`."""
     enabled: bool = True
     overlap: bool = False
     _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -572,13 +649,37 @@ class ResourceConfig(_Model):
             )
         return value
 
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        check = info.data.get("check")
+        if value and check is not None and not _is_defaults_probe(info):
+            _declared_options(check, value)
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _check_filters(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        check = info.data.get("check")
+        if not value or check is None or _is_defaults_probe(info):
+            return value
+        if not _uses_filters(check):
+            raise ValueError(
+                f"check `{check}` does not apply filters (the content and etag checks do)"
+            )
+        return value
+
     def identity(self) -> str:
         """A short hash of what the stored state depends on: url, method, check, the request
-        headers and the check's options (a new regex or Accept makes old validators moot).
-        Secrets count as stored, as references: a rotated token keeps the state."""
+        headers, the check's options and the filters (a new regex or Accept makes old
+        validators moot). Secrets count as stored, as references: a rotated token keeps the
+        state."""
         stored = secrets.with_references({"url": self.url, "headers": self.headers}, self._from_env)
+        depends_on = [stored["url"], self.method, self.check, stored["headers"], self.options]
+        if self.filters:  # only when set: resources without filters keep their identity
+            depends_on.append(self.filters)
         payload = json.dumps(
-            [stored["url"], self.method, self.check, stored["headers"], self.options],
+            depends_on,
             separators=(",", ":"),
             sort_keys=True,
         )
@@ -596,6 +697,8 @@ class ResourceConfig(_Model):
         for alert in ("alert_after", "remind_every", "expect_change_within"):
             if getattr(self, alert):
                 data[alert] = getattr(self, alert)
+        if self.filters:  # the check reads them from its options (`watcher.filters`)
+            data["options"] = {**data["options"], "filters": list(self.filters)}
         return secrets.with_references(data, self._from_env)
 
     def masked_headers(self) -> dict[str, str]:
@@ -645,6 +748,21 @@ def _budgets(hosts: Mapping[str, HostConfig]) -> dict[str, Budget]:
     return budgets
 
 
+def _listen(value: str) -> str:
+    from watcher.metrics import parse_listen  # pure; imported late: prometheus-client is not
+
+    parse_listen(value)
+    return value
+
+
+class MetricsConfig(_Model):
+    """`metrics:`: what `--metrics` and `--metrics-per-resource` say, in the YAML (the
+    command line wins)."""
+
+    listen: Annotated[str, AfterValidator(_listen)]
+    per_resource: bool = False
+
+
 class Config(_Model):
     redis: RedisUrl | None = None
     """None: use the embedded Redis (``WATCHER_REDIS_URL`` is the CLI's business)."""
@@ -654,6 +772,7 @@ class Config(_Model):
     hosts: dict[Annotated[str, AfterValidator(_host_key)], HostConfig] = Field(default_factory=dict)
     notifiers: dict[str, NotifierConfig] = Field(default_factory=dict, validate_default=True)
     """Every defined notifier, including the implicit ``console``."""
+    metrics: MetricsConfig | None = None
     resources: list[ResourceConfig] = Field(default_factory=list)
     source: str = "watcher.yaml"
     _source_map: SourceMap | None = PrivateAttr(default=None)
@@ -793,6 +912,8 @@ class _Validator:
             return TOP_LEVEL_KEYS
         if parent == ("defaults",):
             return DEFAULTS_KEYS
+        if parent == ("metrics",):
+            return tuple(MetricsConfig.model_fields)
         if len(parent) == 2 and parent[0] == "resources":
             return RESOURCE_KEYS
         if len(parent) == 2 and parent[0] == "hosts":

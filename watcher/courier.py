@@ -50,13 +50,28 @@ class Courier:
         self.on_result = on_result
         """Called with (notifier, outcome) for each attempt: sent, retry or failed."""
         self._poked = asyncio.Event()
+        self._idle_now = asyncio.Event()
+        self._idle_now.set()
 
     def poke(self) -> None:
         """Something was just put in the outbox: look now rather than at the next idle tick."""
         self._poked.set()
 
     async def run(self) -> None:
-        await self.repeater.repeat(self.step)
+        """Send until the repeater is stopped."""
+        self._idle_now.clear()
+        try:
+            await self.repeater.repeat(self.step)
+        finally:
+            self._idle_now.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop once the deliveries in hand are sent and recorded, waiting at most `grace`
+        seconds (those still in hand then go to another worker when their lease ends)."""
+        self.repeater.stop()
+        self.poke()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle_now.wait(), grace)
 
     async def step(self) -> float:
         """Send what is due; returns 0 (the waiting for a poke or IDLE is done here)."""
@@ -92,7 +107,9 @@ class Courier:
         try:
             await asyncio.wait_for(notifier.send(message), self._bound(notifier))
         except NotifyFailed as exc:
-            return self._retry(delivery, exc.reason)
+            if not exc.retryable:
+                return DeliveryResult(delivery, "failed", error=exc.reason)
+            return self._retry(delivery, exc.reason, exc.retry_after)
         except TimeoutError:
             return self._retry(delivery, f"timed out after {self._bound(notifier):g}s")
         except Exception as exc:  # a notifier's bug: retried like a failure, said with its type
@@ -100,8 +117,12 @@ class Courier:
         return DeliveryResult(delivery, "sent")
 
     @staticmethod
-    def _retry(delivery: Delivery, reason: str) -> DeliveryResult:
+    def _retry(
+        delivery: Delivery, reason: str, retry_after: float | None = None
+    ) -> DeliveryResult:
         delay = backoff(delivery.attempt - 1, RETRY_BASE, RETRY_CAP)
+        if retry_after is not None:  # the target's word, within reason
+            delay = max(delay, min(retry_after, RETRY_CAP))
         return DeliveryResult(delivery, "retry", round(delay * 1000), reason)
 
     async def _record(self, results: list[DeliveryResult]) -> None:

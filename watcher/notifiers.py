@@ -31,7 +31,6 @@ from watcher.config import ConsoleNotifier as ConsoleSpec
 from watcher.config import NotifierConfig
 from watcher.config import WebhookNotifier as WebhookSpec
 from watcher.http import InvalidResponse
-from watcher.masking import mask_headers
 from watcher.templates import ChangeTemplates, Message, describe
 
 __all__ = [
@@ -67,13 +66,27 @@ COMMAND_BASE_ENV_PREFIXES = ("LC_",)
 class NotifyFailed(Exception):
     """A notifier finally failed to deliver a change (after its own retries)."""
 
-    def __init__(self, notifier: str, resource: str, reason: str, *, logged: bool = False) -> None:
+    def __init__(
+        self,
+        notifier: str,
+        resource: str,
+        reason: str,
+        *,
+        logged: bool = False,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"notifier {notifier!r} failed for {resource!r}: {reason}")
         self.notifier = notifier
         self.resource = resource
         self.reason = reason
         self.logged = logged
         """True when the notifier already logged the failure, so callers need not repeat it."""
+        self.retryable = retryable
+        """False when trying again cannot help (a 4xx, an answer that is not HTTP): the
+        outbox then marks the delivery failed at once instead of retrying it."""
+        self.retry_after = retry_after
+        """Seconds the target asked to be left alone (Retry-After), if it said."""
 
 
 @runtime_checkable
@@ -113,8 +126,13 @@ class ConsoleNotifier:
     @staticmethod
     def plain(change: Change, *, named: bool = True) -> str:
         """The change in words, without markup."""
-        line = f"changed: {describe(change)}"
-        if change.status_code is not None:
+        if change.event == "change":
+            line = f"changed: {describe(change)}"
+        elif change.summary.startswith(change.event):  # "down after 3 failed runs: ..."
+            line = change.summary
+        else:
+            line = f"{change.event}: {change.summary}"
+        if change.status_code is not None and change.event == "change":
             line += f" ({change.status_code})"
         return f"{change.resource} {line}" if named else line
 
@@ -173,9 +191,6 @@ class WebhookNotifier:
         self._client = client
         self._request_headers = httpx.Headers({"User-Agent": f"watcher/{__version__}"})
         self._request_headers.update(self.headers)
-        # The path or query of a webhook URL is often the credential itself (Slack, Discord).
-        port = f":{parsed.port}" if parsed.port else ""
-        self._safe_target = f"{parsed.scheme}://{parsed.host}{port}"
 
     @property
     def max_duration(self) -> float:
@@ -210,7 +225,7 @@ class WebhookNotifier:
                 reason = f"{outcome.reason} (not retried)"
                 break
             if retry == self.retries:
-                reason = f"{outcome.reason} after {attempts} attempt{'s' * (attempts > 1)}"
+                reason = outcome.reason + (f" after {attempts} attempts" if attempts > 1 else "")
                 break
             delay = self.backoff(retry)
             if outcome.retry_after is not None:
@@ -231,7 +246,14 @@ class WebhookNotifier:
             )
             await asyncio.sleep(delay)
         # Said by the caller (the courier: once per delivery, not per attempt).
-        raise NotifyFailed(self.name, change.resource, f"{reason} (target {self._safe_target})")
+        assert outcome is not None  # the loop returned on success
+        raise NotifyFailed(
+            self.name,
+            change.resource,
+            reason,
+            retryable=outcome.retryable,
+            retry_after=outcome.retry_after,
+        )
 
     async def _attempt(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> _Attempt | None:
         try:

@@ -2,6 +2,8 @@
 
 A dotted path (``module:name``) is imported from the plugin directories first (the
 directory of the config file: see `add_plugin_dir`), then from ``sys.path`` as usual.
+`options_of` gives the options a check declares (`watcher.check.declared_options`), for the
+config loader to validate a resource's ``options`` against.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import sys
 from importlib.metadata import entry_points
 from typing import TypeGuard
 
-from watcher.check import ENTRY_POINT_GROUP, Check
+from pydantic import BaseModel
+
+from watcher.check import ENTRY_POINT_GROUP, Check, declared_options
 
 
 class PluginError(Exception):
@@ -65,6 +69,22 @@ def load_check(name: str, *, resource: str | None = None) -> Check:
     if not _is_check(obj):
         raise PluginError(f"{label}: {type(obj).__name__} object is not callable")
     return obj
+
+
+_declared: dict[tuple[str, tuple[str, ...]], type[BaseModel] | None] = {}
+
+
+def options_of(name: str) -> type[BaseModel] | None:
+    """The options model the check called `name` declares; None when it declares none or
+    cannot be loaded (loading it reports that). Cached per name and plugin directories:
+    a file of many resources loads each check once."""
+    key = (name, plugin_dirs())
+    if key not in _declared:
+        try:
+            _declared[key] = declared_options(load_check(name))
+        except PluginError:
+            _declared[key] = None
+    return _declared[key]
 
 
 def _is_check(obj: object) -> TypeGuard[Check]:

@@ -10,6 +10,7 @@ the state it returned. String values are masked like the summary."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import traceback
@@ -30,12 +31,20 @@ from watcher.check import (
     TransientCheckError,
 )
 from watcher.config import NotifierConfig
+from watcher.courier import Courier
 from watcher.fetch import run_check
 from watcher.freshness import DEFAULT_MAX_EVERY, Freshness
 from watcher.hosts import MAX_PAUSE
 from watcher.http import make_client
 from watcher.masking import RedactingLogger
-from watcher.notifiers import ConsoleNotifier, Notifier, build_notifiers, notify_all
+from watcher.notifiers import (
+    ConsoleNotifier,
+    Notifier,
+    build_notifiers,
+    delivery_deadlines,
+    notify_all,
+)
+from watcher.outbox import DEFAULT_DELIVER_WITHIN
 from watcher.queue import Queue
 from watcher.registry import PluginError, load_check
 from watcher.schedule import format_duration
@@ -135,6 +144,12 @@ class CheckRunner:
         self.queue = queue
         self.client = client
         self.notifiers = dict(notifiers or {})
+        self.deadlines: dict[str, float] = {}
+        """Seconds each notifier's deliveries are retried (`deliver_within`); others: a day."""
+        self.courier: Courier | None = None
+        """Sends the outbox's deliveries (set by `serve`); poked when a change goes in."""
+        self._unknown: set[str] = set()
+        """Notifiers named by resources but not defined here, said once each."""
         self.stats = RunStats()
         self._checks: dict[str, Check | PluginError] = {}
         self._traced: set[str] = set()
@@ -143,6 +158,17 @@ class CheckRunner:
 
     def use_notifiers(self, definitions: Mapping[str, NotifierConfig | Mapping[str, Any]]) -> None:
         self.notifiers = build_notifiers(definitions, self.client)
+        self.deadlines = delivery_deadlines(definitions)
+        if self.courier is not None:
+            self.courier.notifiers = dict(self.notifiers)
+
+    def courier_for(self, worker: Worker) -> Courier:
+        """The courier that sends this runner's notifiers' deliveries, stopping with `worker`
+        (its repeater) and counting into its tally; run it beside the worker."""
+        self.courier = Courier(
+            self.queue, self.notifiers, worker.repeater, on_result=worker.tally.record_delivery
+        )
+        return self.courier
 
     def handler(self, name: str) -> Handler | None:
         """The worker's handler lookup: every check name runs through `run`."""
@@ -209,14 +235,23 @@ class CheckRunner:
             log.warning("%s: %s%s", resource.id, what, await self._next_run(job, started))
         report = _report("retrying", reason, exc.status_code, started)
         pause, note = _host_pause(resource, exc)
-        return Retry(reason, delay=exc.retry_after, report=report, pause=pause, pause_note=note)
+        alert = self._alert(job, resource, _plain(reason, exc.status_code), exc.status_code)
+        return Retry(
+            reason,
+            delay=exc.retry_after,
+            report=report,
+            pause=pause,
+            pause_note=note,
+            alert=alert,
+        )
 
     async def _failed(self, job: Job, resource: Resource, exc: CheckFailed, started: float) -> Fail:
         self.stats.add(job.name, time.monotonic() - started, resource=resource.id, failed=True)
         reason = resource.redact(exc.reason)
         what = f"failed: {_plain(reason, exc.status_code)}"
         log.warning("%s: %s%s", resource.id, what, await self._next_run(job, started))
-        return Fail(reason, report=_report("failed", reason, exc.status_code, started))
+        alert = self._alert(job, resource, _plain(reason, exc.status_code), exc.status_code)
+        return Fail(reason, report=_report("failed", reason, exc.status_code, started), alert=alert)
 
     async def _crashed(self, job: Job, resource: Resource, exc: Exception, started: float) -> Fail:
         """A check's bug: its traceback the first time that check crashes in this process,
@@ -233,7 +268,8 @@ class CheckRunner:
             log.error("%s\n%s", said, resource.redact(trace))
         else:
             log.error("%s (--debug shows the traceback)", said)
-        return Fail(reason, report=_report("failed", reason, None, started))
+        alert = self._alert(job, resource, reason, None)
+        return Fail(reason, report=_report("failed", reason, None, started), alert=alert)
 
     async def _next_run(self, job: Job, started: float) -> str:
         """ "; next run in 10m", from the scheduler's next fire time: a Redis round trip
@@ -278,9 +314,17 @@ class CheckRunner:
                 summary=summary,
                 details=resource.redact(result.details) if result.details else None,
             )
-            entry = await self.queue.record_change(job.scheduler_id, job.fence, change)
+            entry = await self.queue.record_change(
+                job.scheduler_id,
+                job.fence,
+                change,
+                notify=self._targets(job, events=False),
+                alert=self._alert(job, resource, summary, result.status_code),
+            )
             if entry is not None:
-                self._notify(job, Change(**{**change.to_dict(), "id": entry}))
+                self._say(job, Change(**{**change.to_dict(), "id": entry}))
+                if self.courier is not None:
+                    self.courier.poke()
         if result.every is not None:
             await job.upsert_scheduler(every=result.every)
         outcome = "baseline" if result.baseline else "changed" if changed else "unchanged"
@@ -299,23 +343,66 @@ class CheckRunner:
             state=None if result.state == job.state else result.state,
             report=report,
             hold_ms=None if hold is None else round(hold.seconds * 1000),
+            alert=self._alert(job, resource, summary, result.status_code),
         )
 
-    def _notify(self, job: Job, change: Change) -> None:
+    def _targets(self, job: Job, *, events: bool) -> list[tuple[str, int]]:
+        """The resource's notifiers that get deliveries through the outbox, with the ms each
+        is retried: every one but the console for a change (this worker says it at once),
+        every one for an event (any worker's console says it)."""
         names = job.data.get("notify")
-        if names is None:
-            names = ["console"]
-        missing = [n for n in names if n not in self.notifiers]
-        if missing:  # e.g. `watcher worker` started without the YAML that defines them
-            log.warning(
-                "%s: notifier(s) %s not defined in this worker; start it with -c "
-                "pointing at the YAML that defines them",
-                change.resource,
-                ", ".join(missing),
-            )
-        chosen = [self.notifiers[n] for n in names if n in self.notifiers]
-        if not any(isinstance(notifier, ConsoleNotifier) for notifier in chosen):
+        targets = []
+        for name in ["console"] if names is None else names:
+            notifier = self.notifiers.get(name)
+            if notifier is None and name not in self._unknown:
+                self._unknown.add(name)  # e.g. `watcher worker` started without the YAML
+                log.warning(
+                    "notifier %r is not defined in this worker: its deliveries wait for a "
+                    "worker that has it (start workers with -c pointing at the YAML)",
+                    name,
+                )
+            if events or not isinstance(notifier, ConsoleNotifier):
+                within = self.deadlines.get(name, DEFAULT_DELIVER_WITHIN)
+                targets.append((name, round(within * 1000)))
+        return targets
+
+    def _alert(self, job: Job, resource: Resource, said: str, status_code: int | None) -> str:
+        """What finish.lua needs to tell the resource's notifiers it is down, recovered or
+        stale (JSON), or "" when the resource asks for none of that."""
+        data = job.data
+        after = int(data.get("alert_after") or 0)
+        stale = float(data.get("expect_change_within") or 0)
+        if not after and not stale:
+            return ""
+        message = {
+            "resource": resource.id,
+            "check": job.name,
+            "url": resource.shown_url,
+            "summary": said,
+            "status_code": status_code,
+        }
+        alert = {
+            "after": after,
+            "remind": round(float(data.get("remind_every") or 0) * 1000),
+            "stale": round(stale * 1000),
+            "stale_words": format_duration(stale) if stale else "",
+            "notify": [list(target) for target in self._targets(job, events=True)],
+            "message": message,
+        }
+        return json.dumps(alert, separators=(",", ":"))
+
+    def _say(self, job: Job, change: Change) -> None:
+        """A change on this worker's console notifiers, at once (the others get it from the
+        outbox); said once in the log when the resource has no console notifier."""
+        names = job.data.get("notify")
+        chosen = [
+            notifier
+            for name in (["console"] if names is None else names)
+            if isinstance(notifier := self.notifiers.get(name), ConsoleNotifier)
+        ]
+        if not chosen:
             log.info("%s", ConsoleNotifier.plain(change))  # every change is said once
+            return
         task = asyncio.create_task(notify_all(chosen, change, log=log))
         self._notifying.add(task)
         task.add_done_callback(self._notifying.discard)
@@ -392,7 +479,8 @@ async def serve(
     every second (a worker process tells its supervisor; `--metrics` keeps a total).
     `per_resource` counts runs by resource too."""
     async with make_client(transport=transport, max_connections=concurrency) as client:
-        runner = CheckRunner(queue, client, build_notifiers(notifiers or {}, client))
+        runner = CheckRunner(queue, client)
+        runner.use_notifiers(notifiers or {})
         runner.stats.per_resource = per_resource
         if started:
             started(runner)
@@ -404,7 +492,8 @@ async def serve(
             tally=runner.stats.tally,
             **(worker or {}),
         )
-        tasks = []
+        courier = runner.courier_for(running)
+        tasks = [asyncio.create_task(courier.run())]
         take = running.tally.take
         if report is not None:
             if summary_every > 0:  # both want what was counted: the summary's is kept aside
@@ -416,6 +505,7 @@ async def serve(
         try:
             await running.run(install_signal_handlers=install_signal_handlers)
         finally:
+            await courier.stop(grace=5.0)
             for task in tasks:
                 task.cancel()
             if report is not None:

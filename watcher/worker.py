@@ -58,6 +58,8 @@ class Outcome:
     hold_ms: int | None = None
     """Hold the scheduler's next run until at least this long from now (a server's word on
     freshness): it never comes sooner than the schedule's own next slot."""
+    alert: str = ""
+    """The resource's alerts (JSON: watcher/lua/finish.lua), or "" for none."""
 
 
 class Retry(Exception):
@@ -72,20 +74,25 @@ class Retry(Exception):
         report: Mapping[str, Any] | None = None,
         pause: str = "",
         pause_note: str = "",
+        alert: str = "",
     ):
         super().__init__(reason)
         self.delay = delay
         self.report = report
         self.pause = pause
         self.pause_note = pause_note
+        self.alert = alert
+        """The resource's alerts (Outcome.alert): the last attempt's failure may say "down"."""
 
 
 class Fail(Exception):
     """Fail the job now, without retrying."""
 
-    def __init__(self, reason: str, *, report: Mapping[str, Any] | None = None):
+    def __init__(self, reason: str, *, report: Mapping[str, Any] | None = None, alert: str = ""):
         super().__init__(reason)
         self.report = report
+        self.alert = alert
+        """The resource's alerts (Outcome.alert): a run that gave up may say "down"."""
 
 
 Handler = Callable[[Job], Awaitable[Any]]
@@ -365,9 +372,11 @@ class Worker:
         except Retry as exc:
             delay = exc.delay if exc.delay is not None else self._backoff(job.attempt)
             pause = (exc.pause, exc.pause_note)
-            self._finish(job, "retry", str(exc), delay=delay, report=exc.report, pause=pause)
+            self._finish(
+                job, "retry", str(exc), delay=delay, report=exc.report, pause=pause, alert=exc.alert
+            )
         except Fail as exc:
-            self._finish(job, "fail", str(exc), report=exc.report)
+            self._finish(job, "fail", str(exc), report=exc.report, alert=exc.alert)
         except Exception as exc:
             refused = refusal(exc)
             if refused is None:
@@ -387,6 +396,7 @@ class Worker:
                     state=outcome.state,
                     report=outcome.report,
                     hold_ms=outcome.hold_ms,
+                    alert=outcome.alert,
                 )
             except QueueError as exc:  # state that cannot be stored: a handler bug
                 self._finish(job, "fail", f"handler returned {exc}")
@@ -405,6 +415,7 @@ class Worker:
         report: Mapping[str, Any] | None = None,
         pause: tuple[str, str] = ("", ""),
         hold_ms: int | None = None,
+        alert: str = "",
     ) -> None:
         text = str(payload) if kind != "ok" else "" if payload is None else _safe_json(payload)
         self.finisher.add(
@@ -417,6 +428,7 @@ class Worker:
                 None if report is None else _safe_json(report),
                 *pause,
                 hold_ms=hold_ms,
+                alert=alert,
             )
         )
 

@@ -5,19 +5,32 @@ Options:
   since the last reported count.
 - ``max_bytes`` (default 10 MiB) and ``max_redirects`` (default 5): read by the safe
   fetch (``ctx.fetch()``), as for the built-in checks.
+
+They are declared (`WordCountOptions`, through ``declare_options``), so that watcher checks
+a resource's ``options`` when its YAML loads: ``min_delat: 20`` is an error there ("did you
+mean `min_delta`?"), not a setting silently ignored.
 """
 
 from __future__ import annotations
 
 import re
 
-from watcher.check import CheckContext, CheckResult
+from pydantic import Field
+
+from watcher.check import CheckContext, CheckResult, FetchOptions, declare_options
 
 # Script and style blocks are not words a reader sees; other tags are dropped whole.
 MARKUP = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.DOTALL | re.IGNORECASE)
 WORD = re.compile(r"\w+")
 
 
+class WordCountOptions(FetchOptions):
+    """The options this check reads; FetchOptions adds the safe fetch's own."""
+
+    min_delta: int = Field(default=1, ge=1)
+
+
+@declare_options(WordCountOptions)
 async def check(ctx: CheckContext) -> CheckResult:
     # Redirects bounded, credentials kept from other origins, body capped; failures raise
     # CheckFailed / TransientCheckError, as for the built-in checks.
