@@ -114,3 +114,42 @@ async def test_alerts_say_down_once_and_recovered_once(queue: Queue) -> None:
         taken, _ = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
         events.append([d.payload["event"] for d in taken])
     assert events == [[], ["down"], [], [], ["recovered"], []]
+
+
+async def test_stale_is_said_once_and_changing_again_when_it_changes(queue: Queue) -> None:
+    """finish.lua says "stale" once when a resource has not changed for `stale` ms; change.lua
+    says "changing" when it changes again."""
+    from watcher.jobs import Finished
+    from watcher.ticker import Ticker
+
+    await queue.upsert_scheduler("r", name="etag", every=3600, immediately=True)
+    alert = {
+        "stale": 200,
+        "stale_words": "200ms",
+        "notify": [["hook", HOUR_MS]],
+        "message": {"resource": "r", "summary": "unchanged"},
+    }
+    said: list[list[str]] = []
+
+    async def a_successful_run() -> None:
+        await queue.redis.zadd(queue.key("schedulers"), {"r": await queue.now_ms()})
+        await Ticker(queue).tick()
+        [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
+        done = Finished(job.lease, "ok", alert=json.dumps(alert))
+        await queue.finish([done], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
+        taken, _ = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+        said.append([f"{d.payload['event']}: {d.payload['summary']}" for d in taken])
+
+    await a_successful_run()  # just created: not stale yet
+    await asyncio.sleep(0.25)
+    await a_successful_run()  # 250 ms without a change: stale, said once
+    await a_successful_run()  # still stale: nothing more
+    info = await queue.get_scheduler("r")
+    assert info is not None
+    entry = await queue.record_change(
+        "r", Fence(seq=9, epoch=info.epoch), change("a", "b"), alert=json.dumps(alert)
+    )
+    assert entry is not None
+    taken, _ = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    said.append([d.payload["event"] for d in taken])
+    assert said == [[], ["stale: no change for 200ms"], [], ["changing"]]
