@@ -148,3 +148,26 @@ def test_a_429_with_retry_after_pauses_the_host_for_every_worker(
     assert during == [], during
     assert len(calm) >= 5 * 3  # the other host is untouched
     assert len(run.saying("pausing host 127.0.0.1 for 5s")) == 1, run.output
+
+
+async def test_a_host_without_a_concurrency_limit_is_paused_too(queue: Queue) -> None:
+    """A run keeps its host only when its end must free a slot; a 429 finds the host anyway."""
+    from watcher.jobs import Finished
+
+    await queue.set_budgets({"default": Budget(concurrency=0)})
+    for n in range(2):
+        await queue.upsert_scheduler(
+            f"r{n}", name="etag", data={"url": f"http://host.test/{n}"}, every=3600
+        )
+    await queue.redis.zadd(queue.key("schedulers"), {"r0": await queue.now_ms()})
+    await Ticker(queue).tick()
+    [first] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="a")
+    assert await queue.redis.hget(queue.key(f"job:{first.id}"), "host") is None
+    pushed_back = Finished(first.lease, "retry", delay_ms=60_000, payload="429", pause="5000")
+    await queue.finish([pushed_back], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
+    await queue.redis.zadd(queue.key("schedulers"), {"r1": await queue.now_ms()})
+    await Ticker(queue).tick()
+    taken, held = await queue.take_counting_held(
+        1, lease_ms=60_000, worker="w", token_prefix="b"
+    )
+    assert taken == [] and held == {"host.test": {"paused": 1}}

@@ -85,16 +85,17 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
   else
     local code = 1
     redis.call('ZREM', active, jid)
-    local h = j[7]
-    if h and h ~= '' then
-      free_slot(P, h, jid, wait, marker)
-      if pause ~= '' then
-        code = code + pause_host(h, pause)
-      elseif kind == 'ok' then
-        redis.call('HDEL', P .. 'host:' .. h, 'strikes')
-      end
-    end
     local sk = j[2] ~= '' and (P .. 'scheduler:' .. j[2]) or nil
+    local h = j[7]
+    if h then
+      free_slot(P, h, jid, wait, marker)
+      if kind == 'ok' and pause == '' then redis.call('HDEL', P .. 'host:' .. h, 'strikes') end
+    end
+    if pause ~= '' then
+      -- take.lua keeps the host on a run only when it needs it; a pause finds it anyway.
+      h = h or (sk and host_of(redis.call('HGET', sk, 'data') or '')) or ''
+      if h ~= '' then code = code + pause_host(h, pause) end
+    end
     -- A run of an earlier epoch (the scheduler was reset, or removed and created again)
     -- leaves the scheduler's failures, report and state alone.
     local current = sk ~= nil and redis.call('HGET', sk, 'epoch') == j[6]

@@ -20,7 +20,8 @@ for _, row in ipairs(cjson.decode(ARGV[2])) do
     set_next(schedulers, P .. 'scheduler:' .. id, id, nxt, slot)
   elseif score and tonumber(score) == tonumber(expected) then
     local key = P .. 'scheduler:' .. id
-    local s = redis.call('HMGET', key, 'spec', 'active', 'overlap', 'limit', 'count', 'attempts')
+    local s = redis.call('HMGET', key, 'spec', 'active', 'overlap', 'limit', 'count', 'attempts',
+      'slot')
     if not s[1] then
       redis.call('ZREM', schedulers, id) -- a scheduler without its hash: nothing to run
     else
@@ -44,7 +45,7 @@ for _, row in ipairs(cjson.decode(ARGV[2])) do
       if nxt == '' or (limit > 0 and count >= limit) then
         redis.call('ZREM', schedulers, id)
       else
-        set_next(schedulers, key, id, nxt, slot)
+        set_next(schedulers, key, id, nxt, slot, s[7] ~= false)
       end
     end
   end

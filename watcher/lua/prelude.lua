@@ -37,15 +37,19 @@ local function recovered(scheduler_key, failing, id)
   if redis.call('HDEL', scheduler_key, 'fails') == 1 then redis.call('ZREM', failing, id) end
 end
 
--- The host of a URL in a scheduler's data JSON (compact, as the queue writes it): lower case,
--- without user info or port; '' when there is none.
 -- Move a scheduler to its next fire time; the slot (the time without jitter) is stored only
--- when it differs from the score.
-local function set_next(schedulers, key, id, nxt, slot)
+-- when it differs from the score. `stored`: whether a slot is stored now (nil: unknown).
+local function set_next(schedulers, key, id, nxt, slot, stored)
   redis.call('ZADD', schedulers, nxt, id)
-  if slot == nxt then redis.call('HDEL', key, 'slot') else redis.call('HSET', key, 'slot', slot) end
+  if slot ~= nxt then
+    redis.call('HSET', key, 'slot', slot)
+  elseif stored ~= false then
+    redis.call('HDEL', key, 'slot')
+  end
 end
 
+-- The host of a URL in a scheduler's data JSON (compact, as the queue writes it): lower case,
+-- without user info or port; '' when there is none.
 local function host_of(data)
   local authority = string.match(data, '"url":"%a[%w+.-]*://([^/?#"]*)')
   if not authority then return '' end

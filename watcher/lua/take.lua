@@ -27,11 +27,20 @@ local ids = redis.call('LPOP', wait, n)
 if not ids then return {now, ''} end
 
 local limited = redis.call('EXISTS', hosts) == 1
-local budgets, held, any_held = {}, {}, false
+local budgets, states, held, any_held = {}, {}, {}, false
 
 local function budget_of(h)
   if budgets[h] == nil then budgets[h] = host_budget(hosts, h) end
   return budgets[h]
+end
+
+-- A host's pause and 429 streak, read once per call (nothing changes them meanwhile).
+local function state_of(h)
+  if states[h] == nil then
+    local s = redis.call('HMGET', P .. 'host:' .. h, 'paused', 'strikes')
+    states[h] = {paused = tonumber(s[1] or '0'), strikes = s[2] ~= false}
+  end
+  return states[h]
 end
 
 local function hold(h, reason, hk)
@@ -45,7 +54,7 @@ end
 -- Nil when the run may start now (its slot and token taken), else why it is held.
 local function admit(jid, jk, h, b, reserved)
   local hk = P .. 'host:' .. h
-  local paused = tonumber(redis.call('HGET', hk, 'paused') or '0')
+  local paused = state_of(h).paused
   if paused > now then
     redis.call('ZADD', delayed, paused, jid)
     redis.call('HSET', jk, 'st', DELAYED)
@@ -97,7 +106,9 @@ for i, jid in ipairs(ids) do
       h = host_of(data)
       local b = h ~= '' and budget_of(h)
       if b and admit(jid, jk, h, b, j[7]) then runnable = false end
-      if not b then h = '' end
+      -- Its host is kept on the run only when its end must tell the host something: a slot
+      -- to free, a 429 streak that a success ends (finish.lua finds it for a new pause).
+      if not b or (b.conc == 0 and not state_of(h).strikes) then h = '' end
     end
     if runnable then
       if sk then
@@ -108,7 +119,7 @@ for i, jid in ipairs(ids) do
       local att = tonumber(j[5]) + 1
       redis.call('HSET', jk, 'st', ACTIVE, 'token', token, 'wk', worker, 'started', now,
         'att', att, 'seq', seq, 'epoch', epoch)
-      if h ~= '' then redis.call('HSET', jk, 'host', h) end -- its slot is freed by this name
+      if h ~= '' then redis.call('HSET', jk, 'host', h) end
       if j[7] then redis.call('HDEL', jk, 'rsv') end
       redis.call('ZADD', active, now + lease, jid)
       for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch, fails}) do
