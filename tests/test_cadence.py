@@ -11,7 +11,7 @@ from pathlib import Path
 
 from watcher.queue import DueScheduler
 from watcher.schedule import Schedule
-from watcher.ticker import CATCH_UP_WINDOW, catch_up_slot
+from watcher.ticker import CATCH_UP_WINDOW, catch_up_time
 
 from .helpers import Watcher, wait_for
 from .origin import Origin
@@ -147,13 +147,18 @@ def test_equal_intervals_spread_and_catch_up_after_downtime_is_spread(
 def test_a_long_interval_catches_up_within_the_window_not_a_whole_day() -> None:
     day_ms = 86_400_000
     now = 1_800_000_000_000
-    ids = [f"daily{n}" for n in range(200)]
+    daily = Schedule.build(every=day_ms / 1000)
     overdue = [
-        DueScheduler(id, now - 2 * day_ms, Schedule.build(every=day_ms / 1000), now - 2 * day_ms)
-        for id in ids
+        DueScheduler(f"daily{n}", now - 2 * day_ms, daily, now - 2 * day_ms) for n in range(200)
     ]
-    times = [catch_up_slot(scheduler, now) for scheduler in overdue]
-    assert all(t is not None and now <= t < now + CATCH_UP_WINDOW * 1000 for t in times)
-    assert len({t // 600_000 for t in times if t is not None}) == 6  # spread over every 10 min
+    caught_up = [catch_up_time(scheduler, now) for scheduler in overdue]
+    times = [c[0] for c in caught_up if c is not None]
+    assert len(times) == 200 and all(now <= t < now + CATCH_UP_WINDOW * 1000 for t in times)
+    assert len({t // 600_000 for t in times}) == 6  # spread over every 10 min of the hour
+    for scheduler, (moved_to, slot) in zip(overdue, filter(None, caught_up), strict=True):
+        # The catch-up run stands for a slot: the run after it is a whole interval later
+        # when that slot is far off, or it is that very slot.
+        after = daily.next_slot(scheduler.id, moved_to, after_ms=slot)
+        assert after is not None and after - moved_to >= day_ms - CATCH_UP_WINDOW * 1000
     on_time = DueScheduler("r", now - 1000, Schedule.build(every=60), now - 1000)
-    assert catch_up_slot(on_time, now) is None  # late by less than its interval: runs now
+    assert catch_up_time(on_time, now) is None  # late by less than its interval: runs now

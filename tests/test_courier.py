@@ -81,9 +81,7 @@ async def test_a_delivery_past_its_deadline_is_kept_as_failed(queue: Queue) -> N
         sink.set(status=503, reason="Service Unavailable")
         entry = await record(queue, 1, within_ms=1500)
         async with couriering(queue, sink):
-            await wait_for(
-                lambda: queue.outbox.failed(), 15, what="the delivery to fail for good"
-            )
+            await wait_for(lambda: queue.outbox.failed(), 15, what="the delivery to fail for good")
     [failed] = await queue.outbox.failed()
     assert failed["id"] == f"{entry}/hook" and "503" in failed["error"]
     assert (await queue.outbox.counts())["hook"].failed == 1

@@ -238,10 +238,8 @@ def test_a_50mb_string_is_refused_with_file_and_line(tmp_path: Path) -> None:
 
 def test_limits_come_from_the_environment() -> None:
     text = (
-        'resources:\n  - id: a\n    url: http://127.0.0.1:9/\n    check: mypkg.checks:price\n'
-        '    options: {s: "'
-        + "y" * 100
-        + '"}\n'
+        "resources:\n  - id: a\n    url: http://127.0.0.1:9/\n    check: mypkg.checks:price\n"
+        '    options: {s: "' + "y" * 100 + '"}\n'
     )
     assert parse_config(text, env={}).resources[0].options["s"] == "y" * 100
     with pytest.raises(ConfigError) as short:

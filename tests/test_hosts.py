@@ -167,7 +167,5 @@ async def test_a_host_without_a_concurrency_limit_is_paused_too(queue: Queue) ->
     await queue.finish([pushed_back], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
     await queue.redis.zadd(queue.key("schedulers"), {"r1": await queue.now_ms()})
     await Ticker(queue).tick()
-    taken, held = await queue.take_counting_held(
-        1, lease_ms=60_000, worker="w", token_prefix="b"
-    )
+    taken, held = await queue.take_counting_held(1, lease_ms=60_000, worker="w", token_prefix="b")
     assert taken == [] and held == {"host.test": {"paused": 1}}

@@ -297,7 +297,7 @@ async def test_command_gets_json_on_stdin_and_env(
         "WATCHER_NEW_ETAG": '"b"',
         "WATCHER_CHANGE_JSON": change.to_json(),
         "WATCHER_TITLE": "watcher: docs changed",
-        "WATCHER_BODY": 'docs (https://example.test/docs) changed at 2023-11-14 22:13 UTC: '
+        "WATCHER_BODY": "docs (https://example.test/docs) changed at 2023-11-14 22:13 UTC: "
         'ETag "a" → "b"',
     }
     # A clean environment: the basics, not whatever the worker inherited.

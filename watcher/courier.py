@@ -79,9 +79,10 @@ class Courier:
             await self._idle(IDLE)
             return 0.0
         lease_ms = round((self._longest_attempt() + LEASE_MARGIN) * 1000)
-        taken, _ = await self.queue.outbox.take(list(self.notifiers), BATCH, lease_ms)
+        notifiers = dict(self.notifiers)  # a reload may swap them meanwhile
+        taken = await self.queue.outbox.take(list(notifiers), BATCH, lease_ms)
         if taken:
-            results = await asyncio.gather(*(self._send(d) for d in taken))
+            results = await asyncio.gather(*(self._send(notifiers, d) for d in taken))
             await self._record(results)
             if len(taken) == BATCH:
                 return 0.0
@@ -101,9 +102,14 @@ class Courier:
         bound = getattr(notifier, "max_duration", None)
         return DEFAULT_BOUND if bound is None else float(bound)
 
-    async def _send(self, delivery: Delivery) -> DeliveryResult:
-        notifier = self.notifiers[delivery.notifier]
-        message = Change.from_dict({**delivery.payload, "id": delivery.change_id or None})
+    async def _send(self, notifiers: Mapping[str, Notifier], delivery: Delivery) -> DeliveryResult:
+        """One attempt; whatever happens, an outcome to record (never an exception: the
+        batch's other outcomes must be recorded too)."""
+        notifier = notifiers[delivery.notifier]
+        try:
+            message = Change.from_dict({**delivery.payload, "id": delivery.change_id or None})
+        except (TypeError, ValueError) as exc:  # a record no version of watcher wrote
+            return DeliveryResult(delivery, "failed", error=f"unreadable delivery: {exc}")
         try:
             await asyncio.wait_for(notifier.send(message), self._bound(notifier))
         except NotifyFailed as exc:
@@ -112,14 +118,14 @@ class Courier:
             return self._retry(delivery, exc.reason, exc.retry_after)
         except TimeoutError:
             return self._retry(delivery, f"timed out after {self._bound(notifier):g}s")
-        except Exception as exc:  # a notifier's bug: retried like a failure, said with its type
-            return self._retry(delivery, f"notifier crashed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a notifier's bug: retried like a failure
+            # Its type only: the message of an arbitrary exception may quote a secret.
+            log.debug("notifier %r crashed", delivery.notifier, exc_info=exc)
+            return self._retry(delivery, f"notifier crashed: {type(exc).__name__}")
         return DeliveryResult(delivery, "sent")
 
     @staticmethod
-    def _retry(
-        delivery: Delivery, reason: str, retry_after: float | None = None
-    ) -> DeliveryResult:
+    def _retry(delivery: Delivery, reason: str, retry_after: float | None = None) -> DeliveryResult:
         delay = backoff(delivery.attempt - 1, RETRY_BASE, RETRY_CAP)
         if retry_after is not None:  # the target's word, within reason
             delay = max(delay, min(retry_after, RETRY_CAP))

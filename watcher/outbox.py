@@ -2,11 +2,14 @@
 sent by any worker that knows the notifier, retried with backoff across worker restarts and
 Redis outages until it is sent or its deadline passes (then kept as failed, and shown).
 
-  outbox           ZSET   delivery id -> when it is due (ms); while being sent, its lease end
+  outbox:<name>    ZSET   a notifier's delivery ids -> when due (ms); while being sent, the
+                          lease end (one per notifier: one no worker knows holds up no other)
+  deadlines        ZSET   delivery id -> its deadline (ms): swept by every take, so a delivery
+                          of any notifier ends in failed when it passes
   outbox:failed    ZSET   delivery id -> when it failed for good (the newest 10,000)
   delivery:<id>    HASH   notifier, resource, event, payload (JSON), change (stream entry id),
                           state (pending | sending | sent | failed), att, created, deadline,
-                          done, error; a sent one expires after KEEP_SENT
+                          done, error; a sent one loses its payload and expires after KEEP_SENT
   deliveries       HASH   "<notifier>:pending" / ":failed" (now) and ":sent" (so far)
   delivery_id      STRING the counter of event deliveries ("e<n>"); a change's delivery is
                           "<stream entry id>/<notifier>", so the history finds it
@@ -83,16 +86,12 @@ class Outbox:
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
 
-    async def take(
-        self, notifiers: Sequence[str], limit: int, lease_ms: int
-    ) -> tuple[list[Delivery], int | None]:
-        """Due deliveries of these notifiers, leased; and the soonest time anything in the
-        outbox is due (ms, Redis time), or None when it is empty."""
-        reply = await self._queue._call(
-            "outbox_take", [limit, lease_ms, json.dumps(list(notifiers))]
-        )
-        soonest = int(float(reply[0])) if reply[0] != "" else None
-        taken = [
+    async def take(self, notifiers: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
+        """Due deliveries of these notifiers, leased (and first, any delivery past its
+        deadline marked failed, whatever its notifier)."""
+        args = [limit, lease_ms, json.dumps(list(notifiers)), FAILED_MAX]
+        reply = await self._queue._call("outbox_take", args)
+        return [
             Delivery(
                 id=reply[at],
                 attempt=int(reply[at + 1]),
@@ -100,9 +99,8 @@ class Outbox:
                 payload=_payload(reply[at + 3]),
                 change_id=reply[at + 4],
             )
-            for at in range(1, len(reply), 5)
+            for at in range(0, len(reply), 5)
         ]
-        return taken, soonest
 
     async def done(self, results: Sequence[DeliveryResult]) -> list[int]:
         """Record how deliveries went; one code each: 0 lease lost, 1 sent, 2 retried later,

@@ -42,8 +42,8 @@ cluster slot, so every script runs unchanged on Redis Cluster.
   host:<h>:slots   ZSET   job id -> lease deadline: the host's runs in flight
   host:<h>:waiting LIST   runs parked over the host's concurrency, freed one per ended run
   parked           SET    hosts with parked runs (recover.lua frees them when slots lapse)
-  outbox, outbox:failed, delivery:<id>, deliveries, delivery_id: the notifier outbox
-                          (watcher/outbox.py)
+  outbox:<notifier>, deadlines, outbox:failed, delivery:<id>, deliveries, delivery_id:
+                          the notifier outbox (watcher/outbox.py)
   synced           HASH   at (ms), source (the config file), resources: written by every
                           sync; a worker that finds it gone knows Redis lost the queue's
                           data (restarted without persistence, or flushed)

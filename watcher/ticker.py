@@ -56,10 +56,12 @@ class Ticker:
         soonest = now + IDLE_TICK * 1000 if due.soonest_ms is None else due.soonest_ms
         fires = []
         for scheduler in due.schedulers:
-            catch_up = catch_up_slot(scheduler, now)
+            catch_up = catch_up_time(scheduler, now)
             if catch_up is not None:
-                moved_to = scheduler.schedule.fire_time(catch_up)
-                fires.append(Fire(scheduler.id, scheduler.score_ms, moved_to, catch_up, run=False))
+                moved_to, stands_for = catch_up
+                fires.append(
+                    Fire(scheduler.id, scheduler.score_ms, moved_to, stands_for, run=False)
+                )
                 soonest = min(soonest, moved_to)
                 self.tally.spread += 1
                 continue
@@ -76,17 +78,20 @@ class Ticker:
         return min(IDLE_TICK, max(MIN_TICK, (soonest - now) / 1000))
 
 
-def catch_up_slot(scheduler: DueScheduler, now_ms: int) -> int | None:
-    """When an interval scheduler that missed a whole interval runs instead of now: its next
-    slot (the id's phase spreads them over the interval), or past CATCH_UP_WINDOW, a time
-    spread over that window. None when it is not that late, or is a cron (its times are the
-    point), or its schedule has ended."""
+def catch_up_time(scheduler: DueScheduler, now_ms: int) -> tuple[int, int] | None:
+    """When an interval scheduler that missed a whole interval runs instead of now, and the
+    slot that run stands for: its next slot (the id's phase spreads them over the interval),
+    or past CATCH_UP_WINDOW, a time spread over that window standing for that slot (so the
+    slot itself is not run again right after). None when it is not that late, or is a cron
+    (its times are the point), or its schedule has ended."""
     schedule = scheduler.schedule
     every = schedule.every_ms
     if every is None or now_ms - scheduler.score_ms <= every:
         return None
     slot = schedule.next_slot(scheduler.id, now_ms)
+    if slot is None:
+        return None
     window = min(every, round(CATCH_UP_WINDOW * 1000))
-    if slot is None or slot - now_ms < window:
-        return slot
-    return now_ms + phase_ms(scheduler.id, window)
+    if slot - now_ms < window:
+        return schedule.fire_time(slot), slot
+    return now_ms + phase_ms(scheduler.id, window), slot

@@ -3,12 +3,12 @@
 -- change seen twice (a run rerun after its worker died between recording the change and
 -- writing back its state) is recorded once: its key (old and new, hashed) matches the last.
 -- With the record, one delivery per notifier goes into the outbox, atomically.
--- KEYS: changes changed outbox deliveries delivery_id
+-- KEYS: changes changed deadlines deliveries delivery_id
 -- ARGV: prefix, scheduler id, seq, epoch, max length, resource, change JSON, change key,
 -- notifiers (JSON array of {name, ms to deliver within}), alert (JSON, "" = none: its
 -- notifiers hear "changing" when a resource called stale changes again).
 -- Returns: {stream entry id, 1 new | 0 the same change again}, or false (nil) when fenced off.
-local changes, changed, outbox, counts, ids = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local changes, changed, deadlines, counts, ids = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local P = ARGV[1]
 local sk = P .. 'scheduler:' .. ARGV[2]
 local s = redis.call('HMGET', sk, 'epoch', 'wseq', 'ckey', 'centry', 'stale')
@@ -22,14 +22,14 @@ local names = {}
 for _, target in ipairs(notify) do names[#names + 1] = target[1] end
 local id = redis.call('XADD', changes, 'MAXLEN', ARGV[5], '*', 'resource', ARGV[6],
   'change', ARGV[7], 'notify', cjson.encode(names))
-deliver(P, outbox, counts, ids, notify, ARGV[6], 'change', ARGV[7], id, now)
+deliver(P, deadlines, counts, ids, notify, ARGV[6], 'change', ARGV[7], id, now)
 redis.call('HSET', sk, 'last_change', now, 'ckey', ARGV[8], 'centry', id)
 redis.call('ZADD', changed, now, ARGV[2])
 redis.call('ZREMRANGEBYRANK', changed, 0, -CHANGED_MAX - 1) -- the newest are what status shows
 if s[5] then
   redis.call('HDEL', sk, 'stale')
   if ARGV[10] ~= '' then
-    alert_event(P, outbox, counts, ids, cjson.decode(ARGV[10]), ARGV[6], 'changing',
+    alert_event(P, deadlines, counts, ids, cjson.decode(ARGV[10]), ARGV[6], 'changing',
       'changing again', now)
   end
 end

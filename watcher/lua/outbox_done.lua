@@ -1,12 +1,12 @@
 -- Record how deliveries went, each only if the caller holds its latest lease (its attempt).
--- sent: done, kept `keep` ms for the history; retry: due again after its delay, unless that
--- passes its deadline; failed (or a retry past the deadline): kept in outbox:failed, the
--- newest `cap` of them.
--- KEYS: outbox outbox:failed deliveries
+-- sent: done, kept `keep` ms for the history (its payload dropped); retry: due again after
+-- its delay, unless that passes its deadline; failed (or a retry past the deadline): kept in
+-- outbox:failed, the newest `cap` of them.
+-- KEYS: deadlines outbox:failed deliveries
 -- ARGV: prefix, keep ms, failed cap, JSON array of {id, attempt, outcome (sent|retry|failed),
 -- delay ms, error}.
 -- Returns: one code per row: 0 lease lost, 1 sent, 2 to retry, 3 failed.
-local outbox, failed, counts = KEYS[1], KEYS[2], KEYS[3]
+local deadlines, failed, counts = KEYS[1], KEYS[2], KEYS[3]
 local P, keep, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local out = {}
@@ -17,28 +17,20 @@ for _, row in ipairs(cjson.decode(ARGV[4])) do
   if d[1] ~= attempt or d[4] ~= 'sending' then
     out[#out + 1] = 0
   elseif outcome == 'sent' then
-    redis.call('ZREM', outbox, id)
+    redis.call('ZREM', P .. 'outbox:' .. d[2], id)
+    redis.call('ZREM', deadlines, id)
     redis.call('HSET', key, 'state', 'sent', 'done', now, 'error', '')
+    redis.call('HDEL', key, 'payload')
     redis.call('PEXPIRE', key, keep)
     redis.call('HINCRBY', counts, d[2] .. ':pending', -1)
     redis.call('HINCRBY', counts, d[2] .. ':sent', 1)
     out[#out + 1] = 1
   elseif outcome == 'retry' and now + delay < tonumber(d[3]) then
-    redis.call('ZADD', outbox, now + delay, id)
+    redis.call('ZADD', P .. 'outbox:' .. d[2], now + delay, id)
     redis.call('HSET', key, 'state', 'pending', 'error', err)
     out[#out + 1] = 2
   else
-    redis.call('ZREM', outbox, id)
-    redis.call('HSET', key, 'state', 'failed', 'done', now, 'error', err)
-    redis.call('ZADD', failed, now, id)
-    redis.call('HINCRBY', counts, d[2] .. ':pending', -1)
-    redis.call('HINCRBY', counts, d[2] .. ':failed', 1)
-    for _, old in ipairs(redis.call('ZRANGE', failed, 0, -cap - 1)) do
-      local name = redis.call('HGET', P .. 'delivery:' .. old, 'notifier')
-      if name then redis.call('HINCRBY', counts, name .. ':failed', -1) end
-      redis.call('DEL', P .. 'delivery:' .. old)
-    end
-    redis.call('ZREMRANGEBYRANK', failed, 0, -cap - 1)
+    delivery_failed(P, id, d[2], err, failed, deadlines, counts, cap, now)
     out[#out + 1] = 3
   end
 end

@@ -1,36 +1,46 @@
--- Take due deliveries of the notifiers this worker knows: each is leased (moved to now +
--- lease in the outbox) so a worker that dies mid-send leaves it to be taken again.
--- KEYS: outbox
--- ARGV: prefix, max count, lease ms, JSON array of the notifier names the caller can send to.
--- Returns: the soonest score left in the outbox ("" if none), then 5 fields per delivery:
--- id, attempt (the lease token: outbox_done.lua accepts only the latest), notifier, payload,
--- stream entry id of its change ("" for an event).
-local outbox = KEYS[1]
-local P, limit, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local known = {}
-for _, name in ipairs(cjson.decode(ARGV[4])) do known[name] = true end
+-- Take due deliveries of the notifiers this worker knows, each from its notifier's own
+-- `outbox:<name>`, leased (moved to now + lease) so a worker that dies mid-send leaves it to
+-- be taken again. First, deliveries past their deadline fail for good, whatever their
+-- notifier: a notifier no worker knows any more still ends in `failed`, shown.
+-- KEYS: deadlines outbox:failed deliveries
+-- ARGV: prefix, max count, lease ms, JSON array of the notifier names the caller can send to,
+-- failed cap.
+-- Returns: 5 fields per delivery: id, attempt (the lease token: outbox_done.lua accepts only
+-- the latest), notifier, payload, stream entry id of its change ("" for an event).
+local deadlines, failed, counts = KEYS[1], KEYS[2], KEYS[3]
+local P, limit, lease, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local now = now_ms()
-local out = {''}
-local taken = 0
--- Deliveries for notifiers other workers know are passed over: look a little further.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', outbox, '-inf', now, 'LIMIT', 0, limit * 4)) do
-  if taken >= limit then break end
-  local key = P .. 'delivery:' .. id
-  local d = redis.call('HMGET', key, 'notifier', 'payload', 'change')
-  if not d[1] then
-    redis.call('ZREM', outbox, id) -- its record is gone (trimmed or lost): nothing to send
-  elseif known[d[1]] then
-    local attempt = redis.call('HINCRBY', key, 'att', 1)
-    redis.call('HSET', key, 'state', 'sending')
-    redis.call('ZADD', outbox, now + lease, id)
-    out[#out + 1] = id
-    out[#out + 1] = tostring(attempt)
-    out[#out + 1] = d[1]
-    out[#out + 1] = d[2]
-    out[#out + 1] = d[3] or ''
-    taken = taken + 1
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, 100)) do
+  local d = redis.call('HMGET', P .. 'delivery:' .. id, 'notifier', 'error')
+  if d[1] then
+    local why = 'not delivered within its deadline' .. (d[2] and d[2] ~= '' and (': ' .. d[2]) or '')
+    delivery_failed(P, id, d[1], why, failed, deadlines, counts, cap, now)
+  else
+    redis.call('ZREM', deadlines, id) -- its record is gone (trimmed or lost)
   end
 end
-local soonest = redis.call('ZRANGE', outbox, 0, 0, 'WITHSCORES')
-out[1] = soonest[2] or ''
+local out = {}
+local taken = 0
+for _, name in ipairs(cjson.decode(ARGV[4])) do
+  if taken >= limit then break end
+  local due_key = P .. 'outbox:' .. name
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, limit - taken)) do
+    local key = P .. 'delivery:' .. id
+    local d = redis.call('HMGET', key, 'payload', 'change')
+    if not d[1] then
+      redis.call('ZREM', due_key, id) -- its record is gone: nothing to send
+      redis.call('HINCRBY', counts, name .. ':pending', -1)
+    else
+      local attempt = redis.call('HINCRBY', key, 'att', 1)
+      redis.call('HSET', key, 'state', 'sending')
+      redis.call('ZADD', due_key, now + lease, id)
+      out[#out + 1] = id
+      out[#out + 1] = tostring(attempt)
+      out[#out + 1] = name
+      out[#out + 1] = d[1]
+      out[#out + 1] = d[2] or ''
+      taken = taken + 1
+    end
+  end
+end
 return out

@@ -91,28 +91,53 @@ local function host_budget(hosts, h)
   return {interval = tonumber(interval), burst = tonumber(burst), conc = tonumber(conc)}
 end
 
--- Put a message in the outbox for each notifier: one delivery record each, due now, sent by
--- any worker that knows the notifier (outbox_take.lua) until sent or past its deadline.
+-- Put a message in the outbox for each notifier: one delivery record each, due now in its
+-- notifier's own `outbox:<name>` (so a notifier no worker knows holds up no other), sent by
+-- any worker that knows the notifier (outbox_take.lua) until sent or past its deadline (the
+-- `deadlines` ZSET, swept by outbox_take.lua whatever the notifier).
 -- notify: an array of {name, ms to deliver within}; change: the stream entry id or ''. A
 -- change's delivery id is "<entry id>/<notifier>" (the history finds it from the entry), an
 -- event's "e<n>".
-local function deliver(P, outbox, counts, ids_key, notify, resource, event, payload, change, now)
+local function deliver(P, deadlines, counts, ids_key, notify, resource, event, payload, change, now)
+  local seen = {}
   for _, target in ipairs(notify) do
     local name, within = target[1], tonumber(target[2])
-    local id = change ~= '' and (change .. '/' .. name) or ('e' .. redis.call('INCR', ids_key))
-    redis.call('HSET', P .. 'delivery:' .. id, 'notifier', name, 'resource', resource,
-      'event', event, 'payload', payload, 'change', change, 'state', 'pending', 'att', 0,
-      'created', now, 'deadline', now + within)
-    redis.call('ZADD', outbox, now, id)
-    redis.call('HINCRBY', counts, name .. ':pending', 1)
+    if not seen[name] then
+      seen[name] = true
+      local id = change ~= '' and (change .. '/' .. name) or ('e' .. redis.call('INCR', ids_key))
+      redis.call('HSET', P .. 'delivery:' .. id, 'notifier', name, 'resource', resource,
+        'event', event, 'payload', payload, 'change', change, 'state', 'pending', 'att', 0,
+        'created', now, 'deadline', now + within)
+      redis.call('ZADD', P .. 'outbox:' .. name, now, id)
+      redis.call('ZADD', deadlines, now + within, id)
+      redis.call('HINCRBY', counts, name .. ':pending', 1)
+    end
   end
+end
+
+-- A delivery fails for good: out of its notifier's outbox, kept in `failed` (the newest
+-- `cap`; older ones are deleted), counted.
+local function delivery_failed(P, id, name, err, failed, deadlines, counts, cap, now)
+  local key = P .. 'delivery:' .. id
+  redis.call('ZREM', P .. 'outbox:' .. name, id)
+  redis.call('ZREM', deadlines, id)
+  redis.call('HSET', key, 'state', 'failed', 'done', now, 'error', err)
+  redis.call('ZADD', failed, now, id)
+  redis.call('HINCRBY', counts, name .. ':pending', -1)
+  redis.call('HINCRBY', counts, name .. ':failed', 1)
+  for _, old in ipairs(redis.call('ZRANGE', failed, 0, -cap - 1)) do
+    local gone = redis.call('HGET', P .. 'delivery:' .. old, 'notifier')
+    if gone then redis.call('HINCRBY', counts, gone .. ':failed', -1) end
+    redis.call('DEL', P .. 'delivery:' .. old)
+  end
+  redis.call('ZREMRANGEBYRANK', failed, 0, -cap - 1)
 end
 
 -- An event of a resource (down, recovered, stale, changing) for its alert's notifiers:
 -- `alert` is what the runner passed ({notify = ..., message = {...}}), `why` a sentence.
-local function alert_event(P, outbox, counts, ids_key, alert, resource, event, why, now)
+local function alert_event(P, deadlines, counts, ids_key, alert, resource, event, why, now)
   local message = alert.message or {}
   message.event, message.time, message.summary = event, now / 1000, why
-  deliver(P, outbox, counts, ids_key, alert.notify or {}, resource, event,
+  deliver(P, deadlines, counts, ids_key, alert.notify or {}, resource, event,
     cjson.encode(message), '', now)
 end
