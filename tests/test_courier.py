@@ -16,14 +16,17 @@ import pytest
 from watcher.change import Change
 from watcher.courier import Courier
 from watcher.jobs import Fence
-from watcher.notifiers import WebhookNotifier
+from watcher.notifiers import WebhookNotifier, build_notifiers, delivery_targets
 from watcher.queue import Queue
+from watcher.redis_server import free_port
 
 from .helpers import wait_for
 from .origin import Origin
 
 
-async def record(queue: Queue, n: int, within_ms: int = 3_600_000) -> str:
+async def record(
+    queue: Queue, n: int, within_ms: int = 3_600_000, notifiers: tuple[str, ...] = ("hook",)
+) -> str:
     info = await queue.get_scheduler("r")
     if info is None:
         await queue.upsert_scheduler("r", name="etag", every=3600)
@@ -34,7 +37,7 @@ async def record(queue: Queue, n: int, within_ms: int = 3_600_000) -> str:
         old={"etag": f'"{n - 1}"'}, new={"etag": f'"{n}"'},
     )  # fmt: skip
     entry = await queue.record_change(
-        "r", Fence(1, info.epoch), change, notify=[("hook", within_ms)]
+        "r", Fence(1, info.epoch), change, notify=[(name, within_ms) for name in notifiers]
     )
     assert entry is not None
     return entry
@@ -85,3 +88,29 @@ async def test_a_delivery_past_its_deadline_is_kept_as_failed(queue: Queue) -> N
     [failed] = await queue.outbox.failed()
     assert failed["id"] == f"{entry}/hook" and "503" in failed["error"]
     assert (await queue.outbox.counts())["hook"].failed == 1
+
+
+async def test_an_apprise_url_that_fails_is_retried_alone(queue: Queue) -> None:
+    """One delivery per URL of an apprise notifier: the URL that worked gets the change once,
+    however often the one that is down is retried."""
+    with Origin() as up:
+        urls = [f"json://127.0.0.1:{up.port}/a", f"json://127.0.0.1:{free_port()}/b"]
+        notifiers = build_notifiers({"chat": {"type": "apprise", "urls": urls}})
+        targets = delivery_targets("chat", notifiers)
+        assert targets == ["chat#1", "chat#2"]
+        entry = await record(queue, 1, notifiers=tuple(targets))
+        courier = Courier(queue, notifiers)
+        task = asyncio.create_task(courier.run())
+
+        async def retried() -> bool:
+            state = (await queue.outbox.states([f"{entry}/chat#2"]))[f"{entry}/chat#2"]
+            return state.attempts >= 3
+
+        try:
+            await wait_for(retried, 15, what="three tries of the URL that is down")
+        finally:
+            await courier.stop(grace=5)
+            await task
+    assert len(up.requests) == 1
+    counts = await queue.outbox.counts()
+    assert (counts["chat#1"].sent, counts["chat#2"].pending) == (1, 1)

@@ -174,7 +174,9 @@ class WebhookNotifier:
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(
-                f"notifier {name!r}: webhook url must be http(s)://host/..., got {url!r}"
+                # Only its scheme and host: the path of a webhook URL is often its credential.
+                f"notifier {name!r}: webhook url must be http(s)://host/..., got "
+                f"{parsed.scheme or '(no scheme)'}://{parsed.host or '(no host)'}/..."
             )
         if timeout <= 0:
             raise ValueError(f"notifier {name!r}: timeout must be positive, got {timeout!r}")
@@ -619,10 +621,29 @@ def build_notifiers(
     definitions: Mapping[str, NotifierConfig | Mapping[str, Any]],
     client: httpx.AsyncClient | None = None,
 ) -> dict[str, Notifier]:
-    """Notifiers by name from their configuration; a ``console`` notifier is always present."""
+    """Notifiers by name from their configuration; a ``console`` notifier is always present.
+    An apprise notifier with several URLs also gets one notifier per URL, ``name#1``,
+    ``name#2``...: the outbox delivers to each URL on its own (`delivery_targets`), so a URL
+    that fails is retried without sending again to those that worked."""
     notifiers = {name: _build_one(name, d, client) for name, d in definitions.items()}
+    for name, notifier in list(notifiers.items()):
+        if isinstance(notifier, AppriseNotifier) and len(notifier.urls) > 1:
+            for at, url in enumerate(notifier.urls, 1):
+                single = f"{name}#{at}"
+                notifiers[single] = AppriseNotifier(
+                    single, [url], notifier.timeout, notifier.templates
+                )
     notifiers.setdefault("console", ConsoleNotifier("console"))
     return notifiers
+
+
+def delivery_targets(name: str, notifiers: Mapping[str, Notifier]) -> list[str]:
+    """The outbox deliveries a change for notifier `name` becomes: one, or one per URL of an
+    apprise notifier with several (see `build_notifiers`)."""
+    notifier = notifiers.get(name)
+    if isinstance(notifier, AppriseNotifier) and len(notifier.urls) > 1:
+        return [f"{name}#{at}" for at in range(1, len(notifier.urls) + 1)]
+    return [name]
 
 
 async def _bounded_send(notifier: Notifier, change: Change) -> None:

@@ -42,6 +42,7 @@ from watcher.notifiers import (
     Notifier,
     build_notifiers,
     delivery_deadlines,
+    delivery_targets,
     notify_all,
 )
 from watcher.outbox import DEFAULT_DELIVER_WITHIN
@@ -362,8 +363,8 @@ class CheckRunner:
                     name,
                 )
             if events or not isinstance(notifier, ConsoleNotifier):
-                within = self.deadlines.get(name, DEFAULT_DELIVER_WITHIN)
-                targets.append((name, round(within * 1000)))
+                within = round(self.deadlines.get(name, DEFAULT_DELIVER_WITHIN) * 1000)
+                targets += [(target, within) for target in delivery_targets(name, self.notifiers)]
         return targets
 
     def _alert(self, job: Job, resource: Resource, said: str, status_code: int | None) -> str:
