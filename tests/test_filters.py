@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time as clock
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +332,13 @@ async def test_a_json_selection_shows_old_and_new_values(
     (change,) = history(tmp_path)
     assert (change["old"], change["new"]) == ({"value": 10}, {"value": 11})
     assert "-10" in change["details"].splitlines() and "+11" in change["details"].splitlines()
+
+
+def test_nested_matches_are_refused_before_they_fill_the_memory() -> None:
+    """Each nested match repeats its subtree: 10,000 nested divs would join to ~500 MB (lxml
+    flattens such nesting itself, so xpath is not tried here)."""
+    body = "<div>" * 10_000 + "x" + "</div>" * 10_000
+    started = clock.monotonic()
+    with pytest.raises(CheckFailed, match="character cap"):
+        filters.apply(chain({"css": "div"}), body)
+    assert clock.monotonic() - started < 5

@@ -114,10 +114,20 @@ def test_the_sandbox_blocks_internals_at_run_time(
 
 def test_enormous_values_are_refused_at_once(caplog: pytest.LogCaptureFixture) -> None:
     started = time.monotonic()
-    for body in ('{{ "x" * 10**9 }}', "{{ 2 ** 1000000 }}", "{{ [1] * 10**9 }}"):
+    enormous = (
+        '{{ "x" * 10**9 }}',
+        "{{ 2 ** 1000000 }}",
+        "{{ [1] * 10**9 }}",
+        '{{ "x".ljust(10**8) }}',
+        '{{ "%0100000000d" % 1 }}',
+        '{{ "{:>100000000}".format(1) }}',
+    )
+    for body in enormous:
         assert ChangeTemplates(body=body).render(make_change()).body == DEFAULT_BODY
     assert time.monotonic() - started < 2
-    assert len(fallback_warnings(caplog)) == 3
+    assert len(fallback_warnings(caplog)) == len(enormous)
+    said = '{{ "%5d" % 3 }}|{{ "a".ljust(3) }}|{{ "{:>4}".format(1) }}'
+    assert ChangeTemplates(body=said).render(make_change()).body == "    3|a  |   1"
 
 
 # --- errors at load ----------------------------------------------------------------------------

@@ -300,13 +300,29 @@ def _json_result(values: list[Any]) -> Filtered:
     return Filtered("\n".join(to_text(value) for value in values), values)
 
 
+def _joined(pieces: Iterable[str], step: Filter) -> str:
+    """The pieces one a line, refused as soon as they pass MAX_OUTPUT_CHARS: nested matches
+    repeat their subtrees, so joining them all first could take memory by the square."""
+    kept: list[str] = []
+    size = 0
+    for piece in pieces:
+        size += len(piece) + 1
+        if size > MAX_OUTPUT_CHARS:
+            raise CheckFailed(
+                f"filter {step.describe()}: its output is over the"
+                f" {MAX_OUTPUT_CHARS:,}-character cap"
+            )
+        kept.append(piece)
+    return "\n".join(kept)
+
+
 def _run_css(step: Filter, current: Filtered) -> Filtered:
     from selectolax.lexbor import LexborHTMLParser
 
     nodes = LexborHTMLParser(current.text).css(str(step.argument))
     if not nodes:
         raise NothingMatched("")
-    return Filtered("\n".join(node.html or "" for node in nodes))
+    return Filtered(_joined((node.html or "" for node in nodes), step))
 
 
 def _run_xpath(step: Filter, current: Filtered) -> Filtered:
@@ -323,7 +339,7 @@ def _run_xpath(step: Filter, current: Filtered) -> Filtered:
     items = found if isinstance(found, list) else [found]
     if not items:
         raise NothingMatched("")
-    return Filtered("\n".join(_xpath_text(item) for item in items))
+    return Filtered(_joined((_xpath_text(item) for item in items), step))
 
 
 def _xpath_text(item: Any) -> str:

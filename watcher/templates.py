@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -123,9 +124,12 @@ def fields(change: Change) -> dict[str, Any]:
 
 class _Sandbox(SandboxedEnvironment):
     """Jinja2's sandbox (no access to attributes that start with _, to unsafe methods),
-    with `*` and `**` refused when their result would be enormous."""
+    with what would build an enormous string or number refused before it is built: `*`,
+    `**`, a `%` or a format() with a huge width, and padding methods asked for a huge width.
+    (Its CPU is not bounded: nested loops over ranges take seconds; templates come from the
+    configuration's author.)"""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
         if op == "*":
@@ -135,13 +139,47 @@ class _Sandbox(SandboxedEnvironment):
         if op == "**":
             _check_power(left, right)
             return operator.pow(left, right)
+        if op == "%":
+            _check_width(left)
+            return operator.mod(left, right)
         return super().call_binop(context, op, left, right)
+
+    def call(
+        __self,
+        __context: jinja2.runtime.Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        padding = isinstance(getattr(__obj, "__self__", None), str) and __obj.__name__ in _PADDING
+        if padding and any(_huge(value) for value in (*args, *kwargs.values())):
+            raise SecurityError(f"a width over {_MAX_REPEATED} is refused")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """str.format and format_map, with the format string's widths checked first."""
+        _check_width(getattr(value, "__self__", None))
+        return super().wrap_str_format(value)
 
 
 def _check_repeat(sequence: Any, times: Any) -> None:
     repeats = isinstance(sequence, str | list | tuple) and isinstance(times, int)
     if repeats and len(sequence) * times > _MAX_REPEATED:
         raise SecurityError(f"a repetition longer than {_MAX_REPEATED} is refused")
+
+
+_PADDING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+_WIDTH = re.compile(rf"\d{{{len(str(_MAX_REPEATED)) + 1},}}")
+"""A run of digits longer than any width a template needs (in a % or format() spec)."""
+
+
+def _huge(value: Any) -> bool:
+    return isinstance(value, int) and value > _MAX_REPEATED
+
+
+def _check_width(text: Any) -> None:
+    if isinstance(text, str) and _WIDTH.search(text):
+        raise SecurityError(f"a width over {_MAX_REPEATED} is refused")
 
 
 def _check_power(base: Any, exponent: Any) -> None:
