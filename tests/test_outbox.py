@@ -170,3 +170,22 @@ async def test_a_notifier_no_worker_knows_holds_up_no_other_and_fails_at_its_dea
     counts = await queue.outbox.counts()
     assert (counts["gone"].pending, counts["gone"].failed) == (0, 140)
     assert "not delivered within its deadline" in (await queue.outbox.failed(1))[0]["error"]
+
+
+async def test_remind_every_says_down_again_while_it_stays_down(queue: Queue) -> None:
+    from watcher.jobs import Finished
+    from watcher.ticker import Ticker
+
+    await queue.upsert_scheduler("r", name="etag", every=3600, attempts=1, immediately=True)
+    alert = {"after": 1, "remind": 300, "notify": [["hook", HOUR_MS]], "message": {}}
+    said = []
+    for pause in (0.0, 0.1, 0.35, 0.1):  # failed runs at 0, 0.1, 0.45 and 0.55 s
+        await asyncio.sleep(pause)
+        await queue.redis.zadd(queue.key("schedulers"), {"r": await queue.now_ms()})
+        await Ticker(queue).tick()
+        [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
+        failed = Finished(job.lease, "fail", payload="HTTP 503", alert=json.dumps(alert))
+        await queue.finish([failed], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
+        taken = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+        said.append([d.payload["event"] for d in taken])
+    assert said == [["down"], [], ["down"], []]  # again once `remind` passed, not every run

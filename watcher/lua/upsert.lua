@@ -78,7 +78,8 @@ for _, row in ipairs(rows) do
     end
     if scope ~= K and scope ~= (cur[7] or '') then
       redis.call('HSET', key, 'scope', scope)
-      redis.call('HDEL', key, 'state')
+      -- what the old state led to goes with it: its last change, its alerts
+      redis.call('HDEL', key, 'state', 'ckey', 'centry', 'alerted', 'down_runs', 'stale')
       redis.call('HSET', key, 'epoch', redis.call('INCR', epochs))
       changed = true
     elseif state ~= K then
