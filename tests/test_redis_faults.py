@@ -223,10 +223,14 @@ async def test_a_job_that_vanished_from_redis_is_not_said_to_rerun_elsewhere(
 
 
 def fill_memory(client: redis.Redis) -> None:
-    """Grow a key until Redis (maxmemory, noeviction) refuses writes."""
+    """Grow a key until Redis (maxmemory, noeviction) refuses writes, then lower the limit
+    under what is used, so that the queue's own frees (finished runs expiring) cannot end
+    the episode before the test does."""
     with contextlib.suppress(OutOfMemoryError):
         while True:
             client.append("filler", "x" * 65536)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(used * 9 // 10))
 
 
 async def test_out_of_memory_is_one_episode_with_no_traceback_and_work_resumes(

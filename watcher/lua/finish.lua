@@ -73,6 +73,7 @@ local function alerts(sk, resource, ok, alert)
 end
 
 local out = {}
+local completed_n, failed_n = 0, 0
 for _, row in ipairs(cjson.decode(ARGV[5])) do
   local jid, token, kind, delay, payload, state, report, pause, hold, alert =
     row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10]
@@ -98,7 +99,8 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
     end
     -- A run of an earlier epoch (the scheduler was reset, or removed and created again)
     -- leaves the scheduler's failures, report and state alone.
-    local current = sk ~= nil and redis.call('HGET', sk, 'epoch') == j[6]
+    local s = sk and redis.call('HMGET', sk, 'epoch', 'active', 'wseq') or {}
+    local current = sk ~= nil and s[1] == j[6]
     if kind == 'retry' and tonumber(j[3]) < tonumber(j[4]) then
       redis.call('HSET', jk, 'st', DELAYED, 'token', '', 'err', payload)
       redis.call('ZADD', delayed, now + tonumber(delay), jid)
@@ -108,15 +110,17 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
     else
       if kind == 'ok' then
         redis.call('HSET', jk, 'st', DONE, 'token', '', 'res', payload, 'finished', now)
-        redis.call('INCR', completed)
+        completed_n = completed_n + 1
       else
         redis.call('HSET', jk, 'st', FAILED, 'token', '', 'err', payload, 'finished', now)
-        redis.call('INCR', failed)
+        failed_n = failed_n + 1
         event(events, 'event', 'failed', 'job', jid, 'scheduler', j[2], 'attempt', j[3],
           'error', payload)
       end
-      retire(jk, jid, (kind == 'ok' and j[2] ~= '') and keep_runs or keep, finished, cap)
-      if sk and redis.call('HGET', sk, 'active') == jid then redis.call('HSET', sk, 'active', '') end
+      -- kept a while, listed among the newest finished (the list is trimmed once, below)
+      redis.call('PEXPIRE', jk, (kind == 'ok' and j[2] ~= '') and keep_runs or keep)
+      redis.call('LPUSH', finished, jid)
+      if s[2] == jid then redis.call('HSET', sk, 'active', '') end
       if current then
         if kind == 'ok' then recovered(sk, failing, j[2]) else fail_once(sk, failing, j[2]) end
         if kind == 'ok' and hold ~= '' then
@@ -127,8 +131,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
         if alert ~= '' then alerts(sk, j[2], kind == 'ok', cjson.decode(alert)) end
       end
       if kind == 'ok' and state ~= '~' then
-        local wseq = current and redis.call('HGET', sk, 'wseq') or nil
-        if current and tonumber(j[5]) >= tonumber(wseq or '0') then
+        if current and tonumber(j[5]) >= tonumber(s[3] or '0') then
           redis.call('HSET', sk, 'state', state, 'wseq', j[5])
           redis.call('HINCRBY', sk, 'rev', 1)
         else
@@ -141,4 +144,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
     out[#out + 1] = code
   end
 end
+if completed_n + failed_n > 0 then redis.call('LTRIM', finished, 0, cap - 1) end
+if completed_n > 0 then redis.call('INCRBY', completed, completed_n) end
+if failed_n > 0 then redis.call('INCRBY', failed, failed_n) end
 return out

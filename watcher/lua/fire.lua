@@ -13,7 +13,19 @@ local P = ARGV[1]
 local now = now_ms()
 local fired, skipped = 0, 0
 local live = {[WAIT] = true, [ACTIVE] = true, [DELAYED] = true}
-for _, row in ipairs(cjson.decode(ARGV[2])) do
+local rows = cjson.decode(ARGV[2])
+-- Job ids are taken from the counter once per call, as many as there are rows: unique,
+-- if not every one is used.
+local next_id, last_id = 1, 0
+local function new_id()
+  if next_id > last_id then
+    last_id = redis.call('INCRBY', id_key, #rows)
+    next_id = last_id - #rows + 1
+  end
+  next_id = next_id + 1
+  return tostring(next_id - 1)
+end
+for _, row in ipairs(rows) do
   local id, expected, nxt, slot, run = row[1], row[2], row[3], row[4], row[5]
   local score = redis.call('ZSCORE', schedulers, id)
   if score and tonumber(score) == tonumber(expected) and run == '0' then
@@ -34,7 +46,7 @@ for _, row in ipairs(cjson.decode(ARGV[2])) do
         skipped = skipped + 1
         redis.call('HINCRBY', key, 'skipped', 1) -- counted, not streamed: overload would flood it
       else
-        local jid = tostring(redis.call('INCR', id_key))
+        local jid = new_id()
         redis.call('HSET', P .. 'job:' .. jid, 'name', '', 'sched', id, 'at', expected,
           'st', WAIT, 'att', 0, 'max', s[6] or DEFAULT_ATTEMPTS, 'created', now)
         redis.call('RPUSH', wait, jid)

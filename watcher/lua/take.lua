@@ -93,12 +93,13 @@ for i, jid in ipairs(ids) do
     local sk = nil
     if j[2] ~= '' then
       sk = P .. 'scheduler:' .. j[2]
-      local s = redis.call('HMGET', sk, 'name', 'data', 'state', 'epoch', 'fails')
+      local s = redis.call('HMGET', sk, 'name', 'data', 'state', 'epoch', 'fails', 'seq')
       if not s[1] then
         runnable = false -- the scheduler was removed after this run fired
         redis.call('DEL', jk)
       else
         name, data, state, epoch, fails = s[1], s[2] or '{}', s[3] or '', s[4], s[5] or '0'
+        seq = tonumber(s[6] or '0')
       end
     end
     local h = ''
@@ -112,8 +113,8 @@ for i, jid in ipairs(ids) do
     end
     if runnable then
       if sk then
-        seq = redis.call('HINCRBY', sk, 'seq', 1)
-        redis.call('HSET', sk, 'last_run', now)
+        seq = seq + 1 -- atomic: nothing else runs meanwhile
+        redis.call('HSET', sk, 'seq', seq, 'last_run', now)
       end
       local token = tp .. i
       local att = tonumber(j[5]) + 1
