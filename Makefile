@@ -16,7 +16,7 @@ install: $(BIN)/watcher
 test: install
 	$(BIN)/ruff check watcher checks tests bench examples
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 run: install
 	$(BIN)/watcher run

@@ -167,7 +167,7 @@ def test_a_bad_option_or_filter_exits_2_and_changes_nothing(
     config.write_text(head + good)
     synced = watcher("sync", cwd=tmp_path)
     assert synced.returncode == 0, synced.stderr
-    before = everything_in(redis_url)
+    before = everything_in(redis_url, queue_name)
 
     config.write_text(head + good + edit)
     for command in (["sync"], ["sync", "--dry-run"]):
@@ -176,4 +176,4 @@ def test_a_bad_option_or_filter_exits_2_and_changes_nothing(
         assert f"watcher.yaml:{line}:" in done.stderr
         assert f'resources[0] (id "shop").{field}:' in done.stderr and message in done.stderr
         assert "Traceback" not in done.stderr
-    assert everything_in(redis_url) == before
+    assert everything_in(redis_url, queue_name) == before
