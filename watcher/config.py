@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import pathlib
 import re
 import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -88,6 +89,7 @@ TOP_LEVEL_KEYS = (
     "defaults",
     "notifiers",
     "resources",
+    "resources_from",
 )
 
 
@@ -988,6 +990,10 @@ def parse_config(
     data = load_yaml(text, report, limits)
     data = substitute(data, (), env, report)
     root = _root_mapping(data, report)
+    listed = _listed_resources(root.pop("resources_from", None), filename, env, report)
+    if listed:
+        written = root.get("resources")
+        root["resources"] = [*(written if isinstance(written, list) else []), *listed]
     resources = root.get("resources")
     report.map.ids = _resource_ids(resources)
     if isinstance(root.get("notifiers"), dict):
@@ -1011,6 +1017,31 @@ def parse_config(
     if literal:
         _warn_literal_secrets(filename, literal, report.map)
     return config
+
+
+def _listed_resources(
+    value: Any, filename: str, env: Mapping[str, str], report: Report
+) -> list[dict[str, str]]:
+    """The resources of `resources_from:` (watcher.url_list), as if written in `resources`;
+    list files are named relative to the YAML's directory."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        report.add(("resources_from",), "expected a file name, or a list of them")
+        return []
+    from watcher.url_list import read_url_list, resource_id_for
+
+    def problem(url: str) -> str | None:
+        said = _url_problem(url, ("http", "https"))
+        return None if said is None else f"invalid URL {show(url)}: {said}"
+
+    base = os.path.dirname(os.path.abspath(filename))
+    urls: dict[str, None] = {}
+    for name in names:
+        for url in read_url_list(pathlib.Path(base, name), problem, env):
+            urls.setdefault(url)
+    return [{"id": resource_id_for(url), "url": url} for url in urls]
 
 
 def _keep_references(

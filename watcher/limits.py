@@ -18,7 +18,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["BYTES_VARIABLE", "NODES_VARIABLE", "STRING_VARIABLE", "Limits", "format_size"]
+__all__ = [
+    "BYTES_VARIABLE",
+    "NODES_VARIABLE",
+    "STRING_VARIABLE",
+    "Limits",
+    "format_size",
+    "size_from_env",
+]
 
 BYTES_VARIABLE = "WATCHER_MAX_CONFIG_BYTES"
 STRING_VARIABLE = "WATCHER_MAX_CONFIG_STRING"
@@ -40,13 +47,14 @@ class Limits:
         """The defaults, overridden by the environment; ValueError names a bad variable."""
         defaults = cls()
         return cls(
-            max_bytes=_size(env, BYTES_VARIABLE, defaults.max_bytes),
-            max_string=_size(env, STRING_VARIABLE, defaults.max_string),
+            max_bytes=size_from_env(env, BYTES_VARIABLE, defaults.max_bytes),
+            max_string=size_from_env(env, STRING_VARIABLE, defaults.max_string),
             max_nodes=_count(env, NODES_VARIABLE, defaults.max_nodes),
         )
 
 
-def _size(env: Mapping[str, str], name: str, default: int) -> int:
+def size_from_env(env: Mapping[str, str], name: str, default: int) -> int:
+    """A size from the environment variable `name` (10MB, 64KB, bytes), else `default`."""
     text = env.get(name, "").strip().lower().replace("_", "")
     if not text:
         return default
