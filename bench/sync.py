@@ -1,12 +1,15 @@
 # ruff: noqa: E402  (sys.path is fixed before the imports, see below)
 """Time `watcher sync` of a large YAML against a private Redis.
 
-    .venv/bin/python bench/sync.py [--resources 100000]
+    .venv/bin/python bench/sync.py [--resources 100000] [--from-list]
 
-Writes a watcher.yaml with N resources to a temporary folder, then runs the real console
-script three times: the first sync (everything created), a second one (nothing to do), and
-one after every resource's interval changed (everything updated). Prints wall-clock seconds
-for each and the time spent loading and validating the YAML alone.
+Writes a watcher.yaml with N resources to a temporary folder (with --from-list: a urls.txt of
+N URLs, one a line, and a watcher.yaml of `defaults` and `resources_from: urls.txt`), then
+runs the real console script three times: the first sync (everything created), a second one
+(nothing to do), and one after every resource's interval changed (everything updated).
+Prints wall-clock seconds for each, the time spent loading and validating the YAML alone,
+and the Redis memory the resources take (used_memory after the first sync, less before, per
+resource).
 """
 
 import sys
@@ -22,11 +25,20 @@ import subprocess
 import tempfile
 import time
 
+import redis
+
 from bench.common import arg_parser
 from watcher.config import load_config
 from watcher.redis_server import RedisServer
 
 WATCHER = str(Path(sys.executable).parent / "watcher")
+
+
+def write_list(path: Path, count: int, every: str) -> None:
+    (path.parent / "urls.txt").write_text(
+        "".join(f"http://127.0.0.1:9/{i}\n" for i in range(count))
+    )
+    path.write_text(f"queue: bench\ndefaults: {{every: {every}}}\nresources_from: urls.txt\n")
 
 
 def write_yaml(path: Path, count: int, every: str) -> None:
@@ -53,11 +65,15 @@ def timed_sync(folder: Path, url: str) -> tuple[float, str]:
 def main() -> None:
     parser = arg_parser(__doc__)
     parser.add_argument("--resources", type=int, default=100_000)
+    parser.add_argument("--from-list", action="store_true", help="resources_from: urls.txt")
     args = parser.parse_args()
+    write = write_list if args.from_list else write_yaml
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as server:
         folder = Path(tmp)
         config = folder / "watcher.yaml"
-        write_yaml(config, args.resources, "5m")
+        write(config, args.resources, "5m")
+        client = redis.Redis.from_url(server.url)
+        empty = int(client.info("memory")["used_memory"])
         started = time.perf_counter()
         load_config(config)
         print(
@@ -67,7 +83,10 @@ def main() -> None:
         for label in ("first sync", "second sync"):
             seconds, summary = timed_sync(folder, server.url)
             print(f"{label}: {seconds:.1f} s  ({summary.split(': ', 1)[1]})")
-        write_yaml(config, args.resources, "10m")
+            if label == "first sync":
+                used = int(client.info("memory")["used_memory"]) - empty
+                print(f"Redis memory: {used / args.resources:.0f} bytes per idle resource")
+        write(config, args.resources, "10m")
         seconds, summary = timed_sync(folder, server.url)
         print(f"every interval changed: {seconds:.1f} s  ({summary.split(': ', 1)[1]})")
 

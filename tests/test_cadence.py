@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from watcher.queue import DueScheduler
+from watcher.queue import DueScheduler, Queue
 from watcher.schedule import Schedule
 from watcher.ticker import CATCH_UP_WINDOW, catch_up_time
 
@@ -162,3 +162,28 @@ def test_a_long_interval_catches_up_within_the_window_not_a_whole_day() -> None:
         assert after is not None and after - moved_to >= day_ms - CATCH_UP_WINDOW * 1000
     on_time = DueScheduler("r", now - 1000, Schedule.build(every=60), now - 1000)
     assert catch_up_time(on_time, now) is None  # late by less than its interval: runs now
+
+
+async def test_a_run_fired_before_a_schedule_change_holds_nothing_back(queue: Queue) -> None:
+    """The server said max-age=60 to a run that was in flight when a sync changed the
+    schedule: the new schedule's first slot stands."""
+    from watcher.jobs import Finished
+    from watcher.ticker import Ticker
+
+    await queue.upsert_scheduler("r", name="etag", every=1, immediately=True)
+    await Ticker(queue).tick()
+    [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
+    await queue.upsert_scheduler("r", name="etag", every=2)  # a sync, meanwhile
+    changed_to = await queue.redis.zscore(queue.key("schedulers"), "r")
+    held = Finished(job.lease, "ok", hold_ms=60_000)
+    await queue.finish([held], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
+    assert await queue.redis.zscore(queue.key("schedulers"), "r") == changed_to
+    # A run fired after the change is held as the server says.
+    await queue.redis.zadd(queue.key("schedulers"), {"r": await queue.now_ms()})
+    await Ticker(queue).tick()
+    [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="u")
+    await queue.finish(
+        [Finished(job.lease, "ok", hold_ms=60_000)], keep_ms=60_000, keep_runs_ms=60_000, cap=100
+    )
+    score = await queue.redis.zscore(queue.key("schedulers"), "r")
+    assert score is not None and score >= await queue.now_ms() + 59_000

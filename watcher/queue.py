@@ -11,9 +11,11 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           that last wrote state), owner, overlap, limit, attempts, count,
                           skipped, fails (in a row), active (the pending run's job id),
                           report (the last run's outcome, JSON), created, updated,
-                          last_run, last_change (ms). Fields at their default value
-                          (empty, 0, attempts 3, slot = score, updated = created) are
-                          not stored: an idle scheduler stays under 400 bytes.
+                          last_run, last_change, respec (when the schedule last changed:
+                          runs fired before it do not hold the next run back) (ms). Fields
+                          at their default value (empty, 0, attempts 3, slot = score,
+                          updated = created) are not stored: an idle scheduler stays under
+                          400 bytes.
   wait             LIST   job ids ready to run
   marker           LIST   wake-up tokens for idle workers (BLPOP), capped at 64
   active           ZSET   job id -> lease deadline (ms)

@@ -78,7 +78,8 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
   local jid, token, kind, delay, payload, state, report, pause, hold, alert =
     row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10]
   local jk = P .. 'job:' .. jid
-  local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch', 'host')
+  local j = redis.call('HMGET', jk, 'token', 'sched', 'att', 'max', 'seq', 'epoch', 'host',
+    'created')
   if not j[3] then
     out[#out + 1] = 3
   elseif j[1] ~= token then
@@ -99,7 +100,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
     end
     -- A run of an earlier epoch (the scheduler was reset, or removed and created again)
     -- leaves the scheduler's failures, report and state alone.
-    local s = sk and redis.call('HMGET', sk, 'epoch', 'active', 'wseq') or {}
+    local s = sk and redis.call('HMGET', sk, 'epoch', 'active', 'wseq', 'respec') or {}
     local current = sk ~= nil and s[1] == j[6]
     if kind == 'retry' and tonumber(j[3]) < tonumber(j[4]) then
       redis.call('HSET', jk, 'st', DELAYED, 'token', '', 'err', payload)
@@ -123,7 +124,8 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
       if s[2] == jid then redis.call('HSET', sk, 'active', '') end
       if current then
         if kind == 'ok' then recovered(sk, failing, j[2]) else fail_once(sk, failing, j[2]) end
-        if kind == 'ok' and hold ~= '' then
+        -- a run fired before the schedule last changed holds nothing: the new one starts
+        if kind == 'ok' and hold ~= '' and tonumber(j[8] or '0') >= tonumber(s[4] or '0') then
           local score = redis.call('ZSCORE', schedulers, j[2])
           local held = now + tonumber(hold)
           if score and tonumber(score) < held then redis.call('ZADD', schedulers, held, j[2]) end

@@ -87,7 +87,8 @@ for _, row in ipairs(rows) do
       changed = true
     end
     if spec ~= K and spec ~= cur[8] then
-      redis.call('HSET', key, 'spec', spec)
+      -- respec: runs fired before it hold nothing back (finish.lua): the new schedule starts
+      redis.call('HSET', key, 'spec', spec, 'respec', now)
       set_next(schedulers, key, id, nxt, slot)
       changed = true
     end
