@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from watcher.check import Resource
 from watcher.config import (
     CommandNotifier,
     ConfigError,
@@ -232,7 +233,7 @@ def test_identity_changes_with_what_the_state_depends_on() -> None:
     assert len(base.identity()) == 16
 
 
-def test_template_is_json_serialisable_and_complete() -> None:
+def test_template_is_json_serialisable_and_leaves_out_only_defaults() -> None:
     (resource,) = parse(
         """
         resources:
@@ -252,12 +253,11 @@ def test_template_is_json_serialisable_and_complete() -> None:
         "url": "https://a.example/",
         "method": "POST",
         "headers": {"X-A": "1"},
-        "timeout": 10.0,
         "options": {"regex": "x+", "nested": {"list": [1, 2.5, True, None]}},
         "check": "mypkg.checks:price",
-        "notify": ["console"],
         "secret_headers": ["X-A"],
-    }
+    }  # timeout and notify at their defaults: left out
+    assert Resource.from_template(template).timeout == 10.0
 
 
 def test_sample_watcher_yaml_parses() -> None:

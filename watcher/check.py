@@ -71,11 +71,15 @@ class Resource:
 
     @classmethod
     def from_template(
-        cls, data: Mapping[str, Any], env: Mapping[str, str] | None = None
+        cls, data: Mapping[str, Any], env: Mapping[str, str] | None = None, id: str | None = None
     ) -> Resource:
-        """From a scheduler's template data (what `watcher sync` stores). The ``${VAR}``
-        references kept there for secrets (``from_env``) are expanded from `env`, this
-        process's environment by default; CheckFailed names a variable that is not set."""
+        """From a scheduler's template data (what `watcher sync` stores: fields at their
+        default left out, the id being the scheduler's: `id`). The ``${VAR}`` references
+        kept there for secrets (``from_env``) are expanded from `env`, this process's
+        environment by default; CheckFailed names a variable that is not set."""
+        id = data.get("id") or id
+        if not id:
+            raise CheckFailed("a resource without an id")
         try:
             url, headers = secrets.expand_stored(
                 data["url"],
@@ -84,9 +88,9 @@ class Resource:
                 os.environ if env is None else env,
             )
         except secrets.SecretUnavailable as exc:
-            raise CheckFailed(f"resource {data['id']}: {exc}") from None
+            raise CheckFailed(f"resource {id}: {exc}") from None
         return cls(
-            id=data["id"],
+            id=id,
             url=url,
             method=data.get("method", "GET"),
             headers=headers,

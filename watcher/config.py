@@ -689,8 +689,10 @@ class ResourceConfig(_Model):
 
     def template(self) -> dict[str, Any]:
         """Everything a check run needs, as JSON-serialisable data; secrets written as
-        ``${VAR}`` stay references, listed under ``from_env``, for the worker to expand."""
-        data = self.model_dump(mode="json", include=set(_TEMPLATE_FIELDS))
+        ``${VAR}`` stay references, listed under ``from_env``, for the worker to expand.
+        Fields at their default value are left out (`TEMPLATE_DEFAULTS`): stored in every
+        scheduler, a short template keeps an idle resource small in Redis."""
+        data = self.model_dump(mode="json", include=set(_TEMPLATE_FIELDS), exclude_defaults=True)
         # Stored only when not the default, so resources synced before them stay unchanged.
         if self.cadence != "server":
             data["cadence"] = self.cadence
@@ -700,7 +702,7 @@ class ResourceConfig(_Model):
             if getattr(self, alert):
                 data[alert] = getattr(self, alert)
         if self.filters:  # the check reads them from its options (`watcher.filters`)
-            data["options"] = {**data["options"], "filters": list(self.filters)}
+            data["options"] = {**data.get("options", {}), "filters": list(self.filters)}
         return secrets.with_references(data, self._from_env)
 
     def masked_headers(self) -> dict[str, str]:
@@ -708,6 +710,12 @@ class ResourceConfig(_Model):
         return mask_headers(self.headers, self.secret_headers)
 
 
+TEMPLATE_DEFAULTS: dict[str, Any] = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in ResourceConfig.model_fields.items()
+    if name in _TEMPLATE_FIELDS and not field.is_required()
+}
+"""What a template field is when left out (`ResourceConfig.template`)."""
 RESOURCE_KEYS = tuple(ResourceConfig.model_fields)
 DEFAULTS_KEYS = tuple(key for key in RESOURCE_KEYS if key not in ("id", "url"))
 

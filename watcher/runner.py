@@ -189,7 +189,7 @@ class CheckRunner:
 
     async def run(self, job: Job) -> Outcome:
         try:
-            resource = Resource.from_template(job.data)
+            resource = Resource.from_template(job.data, id=job.scheduler_id)
         except CheckFailed as exc:  # e.g. a secret's variable not set on this worker
             log.warning("%s", exc.reason)
             raise Fail(exc.reason, report=_report("failed", exc.reason)) from None

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from watcher.config import Config, ConfigError, ConfigIssue, ResourceConfig
+from watcher.config import TEMPLATE_DEFAULTS, Config, ConfigError, ConfigIssue, ResourceConfig
 from watcher.hosts import Budget
 from watcher.inventory import owner_path, why_orphaned
 from watcher.masking import mask_headers, mask_urls
@@ -67,7 +67,7 @@ def spec_for(resource: ResourceConfig, owner: str) -> SchedulerSpec:
     return SchedulerSpec(
         id=resource.id,
         name=resource.check,
-        data=resource.template(),
+        data={k: v for k, v in resource.template().items() if k != "id"},  # the scheduler's
         every=resource.every if resource.cron is None else None,
         cron=resource.cron,
         tz=resource.tz,
@@ -86,11 +86,15 @@ def _schedule_text(spec: SchedulerSpec) -> str:
 def _changes(spec: SchedulerSpec, current: list[str | None]) -> list[tuple[str, str, str]]:
     """(field, old, new) for every field the sync would change, in field order."""
     name, data, schedule, scope, owner, overlap = current
-    old: dict[str, Any] = json.loads(data or "{}")
+    # Both with every field (a template stored before fields at their default were left out
+    # is the same template: it stays as it is).
+    old: dict[str, Any] = {**TEMPLATE_DEFAULTS, **json.loads(data or "{}")}
+    new: dict[str, Any] = {**TEMPLATE_DEFAULTS, **spec.data}
+    old.pop("id", None)
     changes = {
-        key: (_shown(key, old.get(key), old), _shown(key, spec.data.get(key), spec.data))
-        for key in old.keys() | spec.data.keys()
-        if old.get(key) != spec.data.get(key)
+        key: (_shown(key, old.get(key), old), _shown(key, new.get(key), new))
+        for key in old.keys() | new.keys()
+        if old.get(key) != new.get(key)
     }
     if name != spec.name:
         changes["check"] = (str(name), spec.name)
