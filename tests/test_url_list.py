@@ -53,8 +53,8 @@ def test_bad_lines_are_named_by_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as failed:
         load_config(tmp_path / "watcher.yaml")
     said = str(failed.value)
-    assert f"{tmp_path / 'urls.txt'}:2:1: invalid URL \"ftp://x/\"" in said
-    assert "urls.txt:3:1: invalid URL \"not a url\": it contains whitespace" in said
+    assert f'{tmp_path / "urls.txt"}:2:1: invalid URL "ftp://x/"' in said
+    assert 'urls.txt:3:1: invalid URL "not a url": it contains whitespace' in said
     assert "... and 12 more" in said  # 32 bad lines, 20 shown
 
 
