@@ -279,6 +279,8 @@ async def test_content_with_filters_records_only_the_price_change(
     assert [line.strip("+ ") for line in added] == ["12 EUR"]
     assert "[-10-]{+12+}" in change["details"]  # the word diff of a short text
     assert "span" not in change["details"] and "time" not in change["details"]
+    status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
+    assert status["resources"][0]["last_change_details"] == change["details"]  # also in status
 
 
 async def test_etag_with_filters_writes_new_etags_back_silently(

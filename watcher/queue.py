@@ -11,7 +11,8 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           that last wrote state), owner, overlap, limit, attempts, count,
                           skipped, fails (in a row), active (the pending run's job id),
                           report (the last run's outcome, JSON), created, updated,
-                          last_run, last_change, respec (when the schedule last changed:
+                          last_run, last_change, diff (the last change's details, capped),
+                          respec (when the schedule last changed:
                           runs fired before it do not hold the next run back) (ms). Fields
                           at their default value (empty, 0, attempts 3, slot = score,
                           updated = created) are not stored: an idle scheduler stays under
@@ -130,6 +131,10 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TryAgainError,
 )
 """What a call raises while Redis cannot be reached: ride it out, it is not a bug."""
+
+DETAILS_KEPT = 4096
+"""Characters of a change's details (its diff) kept on its scheduler, for `watcher status`;
+the history keeps them whole."""
 
 SCRIPTS = (
     "upsert",
@@ -273,6 +278,8 @@ class SchedulerInfo:
     updated_ms: int
     last_run_ms: int | None
     last_change_ms: int | None
+    last_change_details: str | None = None
+    """The last change's details (its diff), capped (DETAILS_KEPT); None without any."""
 
     @classmethod
     def from_hash(cls, id: str, h: Mapping[str, str], score: float | None) -> SchedulerInfo:
@@ -302,6 +309,7 @@ class SchedulerInfo:
             updated_ms=int(h.get("updated") or h["created"]),
             last_run_ms=opt_int("last_run"),
             last_change_ms=opt_int("last_change"),
+            last_change_details=h.get("diff") or None,
         )
 
 
@@ -873,6 +881,7 @@ class Queue:
             change_key(change),
             json.dumps([[name, within] for name, within in notify]),
             alert,
+            (change.details or "")[:DETAILS_KEPT],
         ]
         reply = await self._call("change", args)
         if reply is None or not int(reply[1]):

@@ -53,6 +53,8 @@ class ResourceRow:
     failures: int
     """Failed attempts in a row (0 once a run succeeds)."""
     skipped: int
+    last_change_details: str | None = None
+    """The last change's details (a diff), capped; None when it had none."""
     cadence: dict[str, Any] | None = None
     """{"seconds", "reason"}: the server's word on freshness holds runs this far apart,
     longer than the schedule's (`cadence: server`); None when the schedule alone decides."""
@@ -123,6 +125,7 @@ def _row(info: SchedulerInfo, now_ms: int) -> ResourceRow:
         failures=info.fails,
         skipped=info.skipped,
         cadence=_cadence(info.schedule, report.get("cadence")),
+        last_change_details=info.last_change_details,
     )
 
 
@@ -238,6 +241,7 @@ def _resource_json(row: ResourceRow) -> dict[str, Any]:
         "summary": row.summary,
         "last_run": iso(row.last_run),
         "last_change": iso(row.last_change),
+        "last_change_details": row.last_change_details,
         "next_run": iso(row.next_run),
         "failures": row.failures,
         "skipped": row.skipped,

@@ -6,7 +6,8 @@
 -- KEYS: changes changed deadlines deliveries delivery_id
 -- ARGV: prefix, scheduler id, seq, epoch, max length, resource, change JSON, change key,
 -- notifiers (JSON array of {name, ms to deliver within}), alert (JSON, "" = none: its
--- notifiers hear "changing" when a resource called stale changes again).
+-- notifiers hear "changing" when a resource called stale changes again), the change's
+-- details as kept on the scheduler for status ("" = none).
 -- Returns: {stream entry id, 1 new | 0 the same change again}, or false (nil) when fenced off.
 local changes, changed, deadlines, counts, ids = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local P = ARGV[1]
@@ -24,6 +25,7 @@ local id = redis.call('XADD', changes, 'MAXLEN', ARGV[5], '*', 'resource', ARGV[
   'change', ARGV[7], 'notify', cjson.encode(names))
 deliver(P, deadlines, counts, ids, notify, ARGV[6], 'change', ARGV[7], id, now)
 redis.call('HSET', sk, 'last_change', now, 'ckey', ARGV[8], 'centry', id)
+if ARGV[11] ~= '' then redis.call('HSET', sk, 'diff', ARGV[11]) else redis.call('HDEL', sk, 'diff') end
 redis.call('ZADD', changed, now, ARGV[2])
 redis.call('ZREMRANGEBYRANK', changed, 0, -CHANGED_MAX - 1) -- the newest are what status shows
 if s[5] then
