@@ -11,7 +11,7 @@ from pathlib import Path
 
 from watcher.queue import DueScheduler, Queue
 from watcher.schedule import Schedule
-from watcher.ticker import CATCH_UP_WINDOW, catch_up_time
+from watcher.ticker import AWAY_MS, CATCH_UP_WINDOW, catch_up_time
 
 from .helpers import Watcher, wait_for
 from .origin import Origin
@@ -187,3 +187,13 @@ async def test_a_run_fired_before_a_schedule_change_holds_nothing_back(queue: Qu
     )
     score = await queue.redis.zscore(queue.key("schedulers"), "r")
     assert score is not None and score >= await queue.now_ms() + 59_000
+
+
+def test_a_run_a_little_late_under_overload_still_fires() -> None:
+    """Late by more than its 1 s interval but less than AWAY_MS: the workers are busy, not
+    away; moving it would only cost tick work and checks."""
+    now = 1_800_000_000_000
+    busy = DueScheduler("r", now - 3000, Schedule.build(every=1), now - 3000)
+    assert catch_up_time(busy, now) is None
+    away = DueScheduler("r", now - AWAY_MS - 1, Schedule.build(every=1), now - AWAY_MS - 1)
+    assert catch_up_time(away, now) is not None

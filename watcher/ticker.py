@@ -4,10 +4,10 @@ Each tick reads what is due (due.lua), computes each one's next fire time here (
 schedule math is Python's: APScheduler triggers), and fires them with a compare-and-set on
 their fire time (fire.lua), so a tick fires once however many tickers race for it.
 
-A run overdue by more than its whole interval (the workers were stopped) is not fired at
-once with all the others: it is put off to its next slot, which the id's phase spreads over
-one interval (past CATCH_UP_WINDOW, to a time spread over that window by the same hash), so a
-restart after downtime is no burst.
+A run overdue by more than its whole interval and AWAY_MS (the workers were stopped, not
+merely busy) is not fired at once with all the others: it is put off to its next slot, which
+the id's phase spreads over one interval (past CATCH_UP_WINDOW, to a time spread over that
+window by the same hash), so a restart after downtime is no burst.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ IDLE_TICK = 0.1
 """Seconds between ticks when nothing is due sooner."""
 MIN_TICK = 0.01
 """Seconds at least between ticks: firing in small batches costs more than the lateness."""
+AWAY_MS = 5000
+"""How late a run must be, besides later than its interval, to say the workers were away
+rather than busy: under overload, runs a little late still fire (moving them would cost tick
+work and checks, measured: -14 % at --processes 1 with 3,000 resources every 1 s)."""
 CATCH_UP_WINDOW = 3600.0
 """Seconds at most over which overdue runs are spread: a resource checked daily is not put
 off for up to another day after downtime."""
@@ -79,14 +83,14 @@ class Ticker:
 
 
 def catch_up_time(scheduler: DueScheduler, now_ms: int) -> tuple[int, int] | None:
-    """When an interval scheduler that missed a whole interval runs instead of now, and the
-    slot that run stands for: its next slot (the id's phase spreads them over the interval),
-    or past CATCH_UP_WINDOW, a time spread over that window standing for that slot (so the
-    slot itself is not run again right after). None when it is not that late, or is a cron
-    (its times are the point), or its schedule has ended."""
+    """When an interval scheduler that missed a whole interval (and AWAY_MS) runs instead of
+    now, and the slot that run stands for: its next slot (the id's phase spreads them over
+    the interval), or past CATCH_UP_WINDOW, a time spread over that window standing for that
+    slot (so the slot itself is not run again right after). None when it is not that late,
+    or is a cron (its times are the point), or its schedule has ended."""
     schedule = scheduler.schedule
     every = schedule.every_ms
-    if every is None or now_ms - scheduler.score_ms <= every:
+    if every is None or now_ms - scheduler.score_ms <= max(every, AWAY_MS):
         return None
     slot = schedule.next_slot(scheduler.id, now_ms)
     if slot is None:
