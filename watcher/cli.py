@@ -97,13 +97,14 @@ async def open_queue(
     config: QueueSettings | Config | None,
     *,
     announce: bool = False,
-    read_only: bool = False,
+    existing_data_only: bool = False,
 ) -> AsyncIterator[Queue]:
-    """The queue on the configured Redis, else on the embedded one: started if needed,
-    except for a read command (status, history) where no data was kept: it says so."""
+    """The queue on the configured Redis, else on the embedded one: started if needed. With
+    `existing_data_only` (status, history, queues, prune), an embedded Redis that never kept
+    data is not started for nothing: the command says so."""
     url = configured_redis(args, config)
     server = None
-    if url is None and read_only and not (EMBEDDED_DIR / "redis").is_dir():
+    if url is None and existing_data_only and not (EMBEDDED_DIR / "redis").is_dir():
         url = running_embedded_redis()  # nothing kept here: read only a running one
         if url is None:
             where = f"`redis:` in {args.config}" if Path(args.config).exists() else args.config
@@ -655,7 +656,7 @@ def _optional_config(path: str) -> Config | None:
 async def cmd_status(args: argparse.Namespace) -> int:
     from watcher.status import collect, live, render, write_json
 
-    async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
+    async with open_queue(args, _queue_settings(args.config), existing_data_only=True) as queue:
         if args.live:
             with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
                 await live(queue, console, args.interval, args.limit)
@@ -677,7 +678,7 @@ def _queue_settings(path: str) -> QueueSettings | Config | None:
 async def cmd_queues(args: argparse.Namespace) -> int:
     from watcher.inventory import survey
 
-    async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
+    async with open_queue(args, _queue_settings(args.config), existing_data_only=True) as queue:
         found = await survey(queue)
     if not found:
         console.print("no queues in this Redis")
@@ -704,7 +705,7 @@ async def cmd_queues(args: argparse.Namespace) -> int:
 async def cmd_prune(args: argparse.Namespace) -> int:
     from watcher.inventory import find_orphans, prune
 
-    async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
+    async with open_queue(args, _queue_settings(args.config), existing_data_only=True) as queue:
         found = await find_orphans(queue)
         if not found:
             console.print("nothing to prune: every resource in this Redis has its config")
@@ -732,7 +733,7 @@ async def cmd_prune(args: argparse.Namespace) -> int:
 
 
 async def cmd_history(args: argparse.Namespace) -> int:
-    async with open_queue(args, _queue_settings(args.config), read_only=True) as queue:
+    async with open_queue(args, _queue_settings(args.config), existing_data_only=True) as queue:
         entries = await queue.change_entries(args.id, args.limit)
         if args.id and not entries and await queue.get_scheduler(args.id) is None:
             raise UsageError(f"no resource {args.id!r} in queue {queue.name!r}")
@@ -786,7 +787,7 @@ async def cmd_check(args: argparse.Namespace) -> int:
         resource = found[0]
         if not args.compare:
             return await check_once(console, resource.template(), resource.check, args.transport)
-        async with open_queue(args, config, read_only=True) as queue:
+        async with open_queue(args, config, existing_data_only=True) as queue:
             stored = await queue.get_scheduler(resource.id)
         if stored is None:
             raise CommandError(

@@ -303,6 +303,7 @@ class CheckRunner:
             baseline=result.baseline,
         )
         summary = resource.redact(result.summary)
+        alert = self._alert(job, resource, summary, result.status_code)
         if changed and job.scheduler_id and job.fence:
             change = Change(
                 resource=resource.id,
@@ -320,7 +321,7 @@ class CheckRunner:
                 job.fence,
                 change,
                 notify=self._targets(job, events=False),
-                alert=self._alert(job, resource, summary, result.status_code),
+                alert=alert,
             )
             if entry is not None:
                 self._say(job, Change(**{**change.to_dict(), "id": entry}))
@@ -344,7 +345,7 @@ class CheckRunner:
             state=None if result.state == job.state else result.state,
             report=report,
             hold_ms=None if hold is None else round(hold.seconds * 1000),
-            alert=self._alert(job, resource, summary, result.status_code),
+            alert=alert,
         )
 
     def _targets(self, job: Job, *, events: bool) -> list[tuple[str, int]]:
