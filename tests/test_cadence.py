@@ -46,19 +46,34 @@ def test_cache_control_holds_runs_and_a_sync_keeps_the_cadence(
         status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
         table = watcher("status", cwd=tmp_path).stdout
 
+        # Right after a run, whose hold puts the old schedule's next run 5 s away, a sync to
+        # every 2s: the next run comes on the new schedule, sooner than the hold.
+        seen = len(origin.requests)
+        held_from = asyncio.run(
+            wait_for(
+                lambda: next((r.at for r in origin.requests[seen:] if r.path == "/fresh"), None),
+                10,
+                what="a run of /fresh",
+            )
+        )
         config.write_text(cadence_yaml(redis_url, queue_name, origin.url, every="2s"))
         assert watcher("sync", cwd=tmp_path).returncode == 0
-        resynced = time.monotonic()
-        asyncio.run(
+        next_run = asyncio.run(
             wait_for(
-                lambda: any(r.at > resynced and r.path == "/fresh" for r in origin.requests),
-                2.9,
-                what="a run on the new schedule, not after the server's 5 s",
+                lambda: next(
+                    (r.at for r in origin.requests if r.at > held_from and r.path == "/fresh"),
+                    None,
+                ),
+                10,
+                what="a run after the sync",
             )
         )
     finally:
         assert run.stop() == 0, run.output
-    print(f"\ncadence over 30s: max-age=5 → {counts['/fresh']}, fixed → {counts['/fixed']}")
+    print(
+        f"\ncadence over 30s: max-age=5 → {counts['/fresh']}, fixed → {counts['/fixed']}; "
+        f"after a resync, {next_run - held_from:.1f}s to the next run"
+    )
     assert 5 <= counts["/fresh"] <= 7, counts
     assert counts["/fixed"] >= 25, counts
     fresh = next(r for r in status["resources"] if r["id"] == "fresh")
@@ -66,6 +81,7 @@ def test_cache_control_holds_runs_and_a_sync_keeps_the_cadence(
     assert fresh["cadence"] == {"seconds": 5.0, "reason": "Cache-Control max-age=5"}
     assert fixed["cadence"] is None
     assert "every 1s → 5s (max-age=5)" in table, table
+    assert next_run - held_from < 4.5, "the run after the sync waited for the old hold"
 
 
 def test_max_every_caps_what_the_server_says(
