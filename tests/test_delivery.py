@@ -57,7 +57,11 @@ def test_a_target_down_and_a_worker_killed_still_get_every_change_once(
                     victim.process.wait(5)
             time.sleep(max(0.0, down_since + 20 - time.monotonic()))
             sink.set(status=None, reason=None)  # the target is back
-            asyncio.run(wait_for(lambda: len(posted(sink)) >= 10, 60, what="every change"))
+            try:
+                asyncio.run(wait_for(lambda: len(posted(sink)) >= 10, 60, what="every change"))
+            except AssertionError as exc:  # what CI needs to tell why
+                shown = watcher("status", "--json", cwd=tmp_path).stdout
+                raise AssertionError(f"{exc}; {len(posted(sink))} sent; status: {shown}") from None
             time.sleep(2)  # any duplicate would come now
             history = json.loads(watcher("history", "--json", cwd=tmp_path).stdout)
             status = json.loads(watcher("status", "--json", cwd=tmp_path).stdout)
