@@ -114,3 +114,35 @@ async def test_an_apprise_url_that_fails_is_retried_alone(queue: Queue) -> None:
     assert len(up.requests) == 1
     counts = await queue.outbox.counts()
     assert (counts["chat#1"].sent, counts["chat#2"].pending) == (1, 1)
+
+
+class Hanging:
+    """A notifier whose send never returns (its worker is stuck, or about to be killed)."""
+
+    def __init__(self, name: str, max_duration: float | None) -> None:
+        self.name, self.max_duration = name, max_duration
+        self.sending = asyncio.Event()
+
+    async def send(self, change: Change) -> None:
+        self.sending.set()
+        await asyncio.Event().wait()
+
+
+async def test_each_delivery_is_leased_for_its_own_notifiers_time(queue: Queue) -> None:
+    """A worker that dies mid-send holds a delivery until its lease ends: a webhook's, not
+    the longest of any notifier the worker knows (the console's 60 s held a killed worker's
+    webhook deliveries 70 s)."""
+    hook, console = Hanging("hook", 1.0), Hanging("console", None)
+    entry = await record(queue, 1)
+    courier = Courier(queue, {"hook": hook, "console": console})
+    task = asyncio.create_task(courier.step())
+    try:
+        await asyncio.wait_for(hook.sending.wait(), 10)
+        now_ms = await queue.now_ms()
+        due_ms = await queue.redis.zscore(queue.key("outbox:hook"), f"{entry}/hook")
+        assert due_ms is not None
+        assert 10_000 <= due_ms - now_ms <= 11_000  # its 1 s and the 10 s margin
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

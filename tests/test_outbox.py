@@ -39,7 +39,7 @@ async def test_a_change_is_recorded_with_one_delivery_per_notifier(queue: Queue)
     assert entry is not None
     counts = await queue.outbox.counts()
     assert (counts["hook"].pending, counts["mail"].pending) == (1, 1)
-    taken = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    taken = await queue.outbox.take({"hook": 60_000}, 10)
     assert [d.id for d in taken] == [f"{entry}/hook"]  # only the notifiers asked for
     assert taken[0].change_id == entry and taken[0].payload["new"] == {"etag": "b"}
     assert await queue.outbox.done([DeliveryResult(taken[0], "sent")]) == [1]
@@ -67,11 +67,11 @@ async def test_the_same_change_seen_twice_is_recorded_and_delivered_once(queue: 
 async def test_a_delivery_whose_worker_died_is_taken_again_after_its_lease(queue: Queue) -> None:
     fence = await a_run(queue)
     await queue.record_change("r", fence, change("a", "b"), notify=[("hook", HOUR_MS)])
-    first = await queue.outbox.take(["hook"], 10, lease_ms=300)
+    first = await queue.outbox.take({"hook": 300}, 10)
     assert len(first) == 1
-    assert await queue.outbox.take(["hook"], 10, lease_ms=300) == []  # leased
+    assert await queue.outbox.take({"hook": 300}, 10) == []  # leased
     await asyncio.sleep(0.4)  # the worker that took it died: its lease runs out
-    again = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    again = await queue.outbox.take({"hook": 60_000}, 10)
     assert [d.id for d in again] == [first[0].id] and again[0].attempt == 2
     # The dead worker's late word no longer counts; the live one's does.
     assert await queue.outbox.done([DeliveryResult(first[0], "sent")]) == [0]
@@ -81,12 +81,12 @@ async def test_a_delivery_whose_worker_died_is_taken_again_after_its_lease(queue
 async def test_retries_end_at_the_deadline_and_the_failure_is_kept(queue: Queue) -> None:
     fence = await a_run(queue)
     await queue.record_change("r", fence, change("a", "b"), notify=[("hook", 500)])
-    taken = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    taken = await queue.outbox.take({"hook": 60_000}, 10)
     retry = DeliveryResult(taken[0], "retry", delay_ms=100, error="connection refused")
     assert await queue.outbox.done([retry]) == [2]
-    assert await queue.outbox.take(["hook"], 10, lease_ms=60_000) == []  # not yet due
+    assert await queue.outbox.take({"hook": 60_000}, 10) == []  # not yet due
     await asyncio.sleep(0.15)
-    taken = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    taken = await queue.outbox.take({"hook": 60_000}, 10)
     late = DeliveryResult(taken[0], "retry", delay_ms=1000, error="connection refused")
     assert await queue.outbox.done([late]) == [3]  # the next try would be past the deadline
     counts = (await queue.outbox.counts())["hook"]
@@ -111,7 +111,7 @@ async def test_alerts_say_down_once_and_recovered_once(queue: Queue) -> None:
         said = {**alert, "message": {"resource": "r", "summary": f"run {len(events)}"}}
         finished = Finished(job.lease, outcome, payload="HTTP 503", alert=json.dumps(said))
         await queue.finish([finished], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
-        taken = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+        taken = await queue.outbox.take({"hook": 60_000}, 10)
         events.append([d.payload["event"] for d in taken])
     assert events == [[], ["down"], [], [], ["recovered"], []]
 
@@ -137,7 +137,7 @@ async def test_stale_is_said_once_and_changing_again_when_it_changes(queue: Queu
         [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
         done = Finished(job.lease, "ok", alert=json.dumps(alert))
         await queue.finish([done], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
-        taken = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+        taken = await queue.outbox.take({"hook": 60_000}, 10)
         said.append([f"{d.payload['event']}: {d.payload['summary']}" for d in taken])
 
     await a_successful_run()  # just created: not stale yet
@@ -150,7 +150,7 @@ async def test_stale_is_said_once_and_changing_again_when_it_changes(queue: Queu
         "r", Fence(seq=9, epoch=info.epoch), change("a", "b"), alert=json.dumps(alert)
     )
     assert entry is not None
-    taken = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+    taken = await queue.outbox.take({"hook": 60_000}, 10)
     said.append([d.payload["event"] for d in taken])
     assert said == [[], ["stale: no change for 200ms"], [], ["changing"]]
 
@@ -162,11 +162,11 @@ async def test_a_notifier_no_worker_knows_holds_up_no_other_and_fails_at_its_dea
     for n in range(140):  # more than a take looks at, all for a notifier nobody has now
         await queue.record_change("r", fence, change(str(n), str(n + 1)), notify=[("gone", 50)])
     await queue.record_change("r", fence, change("x", "y"), notify=[("hook", HOUR_MS)])
-    taken = await queue.outbox.take(["hook"], 32, lease_ms=60_000)
+    taken = await queue.outbox.take({"hook": 60_000}, 32)
     assert [d.notifier for d in taken] == ["hook"]
     await asyncio.sleep(0.1)  # past the deadline of every "gone" delivery
     while (await queue.outbox.counts())["gone"].pending:
-        assert await queue.outbox.take(["hook"], 32, lease_ms=60_000) == []
+        assert await queue.outbox.take({"hook": 60_000}, 32) == []
     counts = await queue.outbox.counts()
     assert (counts["gone"].pending, counts["gone"].failed) == (0, 140)
     assert "not delivered within its deadline" in (await queue.outbox.failed(1))[0]["error"]
@@ -186,6 +186,6 @@ async def test_remind_every_says_down_again_while_it_stays_down(queue: Queue) ->
         [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
         failed = Finished(job.lease, "fail", payload="HTTP 503", alert=json.dumps(alert))
         await queue.finish([failed], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
-        taken = await queue.outbox.take(["hook"], 10, lease_ms=60_000)
+        taken = await queue.outbox.take({"hook": 60_000}, 10)
         said.append([d.payload["event"] for d in taken])
     assert said == [["down"], [], ["down"], []]  # again once `remind` passed, not every run

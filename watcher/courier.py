@@ -31,7 +31,8 @@ IDLE = 1.0
 DEFAULT_BOUND = 60.0
 """Seconds an attempt may take when its notifier does not say (`max_duration`)."""
 LEASE_MARGIN = 10.0
-"""Seconds a lease outlasts the longest attempt: a live worker is never overtaken."""
+"""Seconds a lease outlasts its notifier's longest attempt: a live worker is never
+overtaken."""
 RETRY_BASE, RETRY_CAP = 1.0, 300.0
 
 
@@ -78,9 +79,12 @@ class Courier:
         if not self.notifiers:
             await self._idle(IDLE)
             return 0.0
-        lease_ms = round((self._longest_attempt() + LEASE_MARGIN) * 1000)
         notifiers = dict(self.notifiers)  # a reload may swap them meanwhile
-        taken = await self.queue.outbox.take(list(notifiers), BATCH, lease_ms)
+        leases_ms = {
+            name: round((self._bound(notifier) + LEASE_MARGIN) * 1000)
+            for name, notifier in notifiers.items()
+        }
+        taken = await self.queue.outbox.take(leases_ms, BATCH)
         if taken:
             results = await asyncio.gather(*(self._send(notifiers, d) for d in taken))
             await self._record(results)
@@ -93,9 +97,6 @@ class Courier:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._poked.wait(), seconds)
         self._poked.clear()
-
-    def _longest_attempt(self) -> float:
-        return max(self._bound(n) for n in self.notifiers.values())
 
     @staticmethod
     def _bound(notifier: Notifier) -> float:

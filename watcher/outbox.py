@@ -25,7 +25,7 @@ webhook payload carries the change's id for receivers that must deduplicate.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,10 +86,11 @@ class Outbox:
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
 
-    async def take(self, notifiers: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
-        """Due deliveries of these notifiers, leased (and first, any delivery past its
-        deadline marked failed, whatever its notifier)."""
-        args = [limit, lease_ms, json.dumps(list(notifiers)), FAILED_MAX]
+    async def take(self, leases_ms: Mapping[str, int], limit: int) -> list[Delivery]:
+        """Due deliveries of these notifiers, each leased for its notifier's time (and
+        first, any delivery past its deadline marked failed, whatever its notifier)."""
+        pairs = [[name, lease] for name, lease in leases_ms.items()]
+        args = [limit, json.dumps(pairs), FAILED_MAX]
         reply = await self._queue._call("outbox_take", args)
         return [
             Delivery(

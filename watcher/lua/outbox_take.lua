@@ -3,12 +3,13 @@
 -- be taken again. First, deliveries past their deadline fail for good, whatever their
 -- notifier: a notifier no worker knows any more still ends in `failed`, shown.
 -- KEYS: deadlines outbox:failed deliveries
--- ARGV: prefix, max count, lease ms, JSON array of the notifier names the caller can send to,
--- failed cap.
+-- ARGV: prefix, max count, JSON array of [name, lease ms] of each notifier the caller can send
+-- to (a lease outlasts that notifier's longest attempt: a worker SIGKILLed mid-send holds its
+-- deliveries no longer than their own notifier needs), failed cap.
 -- Returns: 5 fields per delivery: id, attempt (the lease token: outbox_done.lua accepts only
 -- the latest), notifier, payload, stream entry id of its change ("" for an event).
 local deadlines, failed, counts = KEYS[1], KEYS[2], KEYS[3]
-local P, limit, lease, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+local P, limit, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 local now = now_ms()
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, 100)) do
   local d = redis.call('HMGET', P .. 'delivery:' .. id, 'notifier', 'error')
@@ -21,8 +22,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT',
 end
 local out = {}
 local taken = 0
-for _, name in ipairs(cjson.decode(ARGV[4])) do
+for _, pair in ipairs(cjson.decode(ARGV[3])) do
   if taken >= limit then break end
+  local name, lease = pair[1], tonumber(pair[2])
   local due_key = P .. 'outbox:' .. name
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, limit - taken)) do
     local key = P .. 'delivery:' .. id
