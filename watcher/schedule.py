@@ -54,7 +54,23 @@ class Schedule:
         start: float | None = None,
         end: float | None = None,
     ) -> Schedule:
-        """Validate and normalise; times in seconds (start/end: Unix time)."""
+        """Validate and normalise; times in seconds (start/end: Unix time). Cached: a sync
+        of a million resources builds the same few schedules a million times."""
+        try:
+            return _built(every, cron, tz, jitter, start, end)
+        except TypeError:  # an unhashable argument: _build says what is wrong with it
+            return cls._build(every, cron, tz, jitter, start, end)
+
+    @classmethod
+    def _build(
+        cls,
+        every: float | None,
+        cron: str | None,
+        tz: str | None,
+        jitter: float,
+        start: float | None,
+        end: float | None,
+    ) -> Schedule:
         if (every is None) == (cron is None):
             raise ScheduleError("give exactly one of `every` or `cron`")
         every_ms = None
@@ -94,6 +110,9 @@ class Schedule:
 
     def encode(self) -> str:
         """The compact form stored in Redis; equal schedules encode equally."""
+        return _encoded(self)
+
+    def _encode(self) -> str:
         fields = {
             "every": self.every_ms,
             "cron": self.cron,
@@ -235,3 +254,20 @@ def format_duration(seconds: float) -> str:
             parts.append(f"{total // size}{unit}")
             total %= size
     return "".join(parts)
+
+
+@lru_cache(maxsize=1024, typed=True)  # typed: `every=True` is refused, `every=1` is not
+def _built(
+    every: float | None,
+    cron: str | None,
+    tz: str | None,
+    jitter: float,
+    start: float | None,
+    end: float | None,
+) -> Schedule:
+    return Schedule._build(every, cron, tz, jitter, start, end)
+
+
+@lru_cache(maxsize=1024)
+def _encoded(schedule: Schedule) -> str:
+    return schedule._encode()
