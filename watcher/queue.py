@@ -61,6 +61,7 @@ it between them are described in watcher/jobs.py, and each script's keys in its 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -483,11 +484,24 @@ class Queue:
         now = await self.now_ms()
         rows = [self._row(spec, now) for spec in specs]
         results: list[str] = []
-        for start in range(0, len(rows), UPSERT_CHUNK):
-            chunk = rows[start : start + UPSERT_CHUNK]
-            results += await self._upsert(chunk)
-            if progress:
-                progress(len(chunk))
+        in_flight: asyncio.Task[Any] | None = None
+        try:
+            for start in range(0, len(rows) + UPSERT_CHUNK, UPSERT_CHUNK):
+                # The next chunk is packed while Redis runs this one.
+                chunk = rows[start : start + UPSERT_CHUNK]
+                packed = _pack([row.encode() for row in chunk]) if chunk else None
+                if in_flight is not None:
+                    done = list(await in_flight)
+                    results += done
+                    if progress:
+                        progress(len(done))
+                in_flight = None
+                if packed is not None:
+                    in_flight = asyncio.ensure_future(self._call("upsert", [packed]))
+                    await asyncio.sleep(0)  # sent before the next chunk is packed
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
         return results
 
     async def _upsert(self, rows: list[_UpsertRow]) -> list[str]:

@@ -18,7 +18,7 @@ from watcher.config import TEMPLATE_DEFAULTS, Config, ConfigError, ConfigIssue, 
 from watcher.hosts import Budget
 from watcher.inventory import owner_path, why_orphaned
 from watcher.masking import mask_headers, mask_urls
-from watcher.queue import Queue, SchedulerSpec
+from watcher.queue import Queue, SchedulerSpec, dump_json
 from watcher.schedule import Schedule, ScheduleError, format_duration
 
 FIELDS = ("name", "data", "spec", "scope", "owner", "overlap")
@@ -86,6 +86,16 @@ def _schedule_text(spec: SchedulerSpec) -> str:
 def _changes(spec: SchedulerSpec, current: list[str | None]) -> list[tuple[str, str, str]]:
     """(field, old, new) for every field the sync would change, in field order."""
     name, data, schedule, scope, owner, overlap = current
+    stored_as_written = (
+        name == spec.name
+        and data == dump_json("data", dict(spec.data))
+        and schedule == _schedule_text(spec)
+        and (scope or "") == spec.scope
+        and (owner or "") == spec.owner
+        and (overlap or "0") == str(int(spec.overlap))
+    )
+    if stored_as_written:  # what most resources of a sync are: told apart at a string compare
+        return []
     # Both with every field (a template stored before fields at their default were left out
     # is the same template: it stays as it is).
     old: dict[str, Any] = {**TEMPLATE_DEFAULTS, **json.loads(data or "{}")}
