@@ -257,6 +257,13 @@ def _safe_url(url: str) -> str:
 async def do_sync(
     queue: Queue, config: Config, *, dry_run: bool, quiet: bool = False, adopt: bool = False
 ) -> int:
+    from watcher.bulk import collector_paused
+
+    with collector_paused():
+        return await _sync(queue, config, dry_run=dry_run, quiet=quiet, adopt=adopt)
+
+
+async def _sync(queue: Queue, config: Config, *, dry_run: bool, quiet: bool, adopt: bool) -> int:
     from watcher.sync import apply_plan, mark_synced, plan_sync
 
     plan = await plan_sync(queue, config, adopt=adopt)

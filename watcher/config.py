@@ -42,6 +42,7 @@ from pydantic_core import ErrorDetails, InitErrorDetails
 
 from watcher import secrets
 from watcher.apprise_urls import APPRISE_EXAMPLES, apprise_url_problem, shown_apprise_url
+from watcher.bulk import collector_paused
 from watcher.connection import queue_name_for
 from watcher.freshness import DEFAULT_MAX_EVERY
 from watcher.hosts import DEFAULT_CONCURRENCY, Budget, host_key_problem, parse_rate
@@ -984,7 +985,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise ConfigError([ConfigIssue(source, None, None, "", message)], source) from None
-    return parse_config(text, source, env)
+    with collector_paused():
+        return parse_config(text, source, env)
 
 
 def _limits(source: str, env: Mapping[str, str]) -> Limits:
