@@ -46,6 +46,26 @@ def test_a_list_becomes_resources_with_the_defaults(tmp_path: Path) -> None:
     ]
 
 
+def test_listed_resources_are_each_their_own_with_the_defaults_secrets_kept(
+    tmp_path: Path,
+) -> None:
+    """Listed resources are validated once and copied (watcher.config): each copy has its own
+    id, URL and identity, and the defaults' secret stays a reference in each."""
+    (tmp_path / "urls.txt").write_text("https://example.org/a\nhttps://user@example.org/b\n")
+    (tmp_path / "watcher.yaml").write_text(
+        "defaults:\n  every: 1h\n  headers: {Authorization: 'Bearer ${TOKEN}'}\n"
+        "resources_from: urls.txt\n"
+    )
+    a, b = load_config(tmp_path / "watcher.yaml", env={"TOKEN": "s3cret"}).resources
+    assert (a.url, b.url) == ("https://example.org/a", "https://user@example.org/b")
+    assert a.id != b.id and a.identity() != b.identity()
+    assert a.headers == b.headers == {"Authorization": "Bearer s3cret"}
+    for resource in (a, b):
+        stored = resource.template()
+        assert stored["url"] == resource.url
+        assert stored["headers"] == {"Authorization": "Bearer ${TOKEN}"}, stored
+
+
 def test_bad_lines_are_named_by_file_and_line(tmp_path: Path) -> None:
     lines = ["https://ok.example/", "ftp://x/", "not a url"] + ["nope"] * 30
     (tmp_path / "urls.txt").write_text("\n".join(lines) + "\n")

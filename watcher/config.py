@@ -587,6 +587,9 @@ def _uses_filters(check: str) -> bool:
     return model is None or bool(getattr(model, "uses_filters", False))
 
 
+_IDENTITY_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 class ResourceConfig(_Model):
     """One watched resource, with every default applied; durations are in seconds."""
 
@@ -696,11 +699,7 @@ class ResourceConfig(_Model):
         depends_on = [stored["url"], self.method, self.check, stored["headers"], self.options]
         if self.filters:  # only when set: resources without filters keep their identity
             depends_on.append(self.filters)
-        payload = json.dumps(
-            depends_on,
-            separators=(",", ":"),
-            sort_keys=True,
-        )
+        payload = _IDENTITY_JSON.encode(depends_on)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def template(self) -> dict[str, Any]:

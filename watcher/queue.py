@@ -392,9 +392,13 @@ def check_id(kind: str, value: object) -> str:
     return value
 
 
+_CANONICAL_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
+"""One encoder for every row: json.dumps with options builds one per call."""
+
+
 def dump_json(what: str, value: object) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        return _CANONICAL_JSON.encode(value)
     except (TypeError, ValueError) as exc:
         raise QueueError(f"{what} is not JSON-serialisable: {exc}") from None
 

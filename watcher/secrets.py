@@ -93,7 +93,7 @@ def has_reference(text: str) -> bool:
 def _user_info_span(url: str) -> tuple[int, int] | None:
     """Where the user info (``user:password``) of `url` is, as urllib splits it."""
     scheme_end = url.find("://")
-    if scheme_end < 0:
+    if scheme_end < 0 or "@" not in url:
         return None
     start = scheme_end + 3
     ends = [found for found in (url.find(c, start) for c in "/?#") if found >= 0]
