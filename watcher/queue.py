@@ -315,6 +315,36 @@ class SchedulerInfo:
 
 
 @dataclass(frozen=True)
+class _CheckedSpec:
+    """A spec that passed every check, with what the checks computed: its row is encoded
+    later, chunk by chunk, while Redis writes the previous chunk."""
+
+    spec: SchedulerSpec
+    schedule: Schedule
+    slot: int
+    data: str
+    state: str
+
+    def row(self, now: int) -> _UpsertRow:
+        spec, schedule = self.spec, self.schedule
+        return _UpsertRow(
+            id=spec.id,
+            name=spec.name,
+            data=self.data,
+            spec=schedule.encode(),
+            next_ms=str(schedule.fire_time(self.slot)),
+            slot=str(self.slot),
+            scope=KEEP if spec.scope is None else spec.scope,
+            owner=spec.owner,
+            overlap=str(int(spec.overlap)),
+            limit=str(spec.limit),
+            attempts=str(spec.attempts),
+            state=self.state,
+            first=str(now) if spec.immediately else "",
+        )
+
+
+@dataclass(frozen=True)
 class _UpsertRow:
     """One row of upsert.lua's input; KEEP leaves a field as it is."""
 
@@ -486,14 +516,14 @@ class Queue:
     ) -> list[str]:
         """Create or update many schedulers: all are validated before anything is written."""
         now = await self.now_ms()
-        rows = [self._row(spec, now) for spec in specs]
+        checked = [self._checked(spec, now) for spec in specs]
         results: list[str] = []
         in_flight: asyncio.Task[Any] | None = None
         try:
-            for start in range(0, len(rows) + UPSERT_CHUNK, UPSERT_CHUNK):
-                # The next chunk is packed while Redis runs this one.
-                chunk = rows[start : start + UPSERT_CHUNK]
-                packed = _pack([row.encode() for row in chunk]) if chunk else None
+            for start in range(0, len(checked) + UPSERT_CHUNK, UPSERT_CHUNK):
+                # The next chunk is encoded while Redis runs this one.
+                chunk = checked[start : start + UPSERT_CHUNK]
+                packed = _pack([row.row(now).encode() for row in chunk]) if chunk else None
                 if in_flight is not None:
                     done = list(await in_flight)
                     results += done
@@ -502,7 +532,7 @@ class Queue:
                 in_flight = None
                 if packed is not None:
                     in_flight = asyncio.ensure_future(self._call("upsert", [packed]))
-                    await asyncio.sleep(0)  # sent before the next chunk is packed
+                    await asyncio.sleep(0)  # sent before the next chunk is encoded
         finally:
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
@@ -511,7 +541,8 @@ class Queue:
     async def _upsert(self, rows: list[_UpsertRow]) -> list[str]:
         return list(await self._call("upsert", [_pack([row.encode() for row in rows])]))
 
-    def _row(self, spec: SchedulerSpec, now: int) -> _UpsertRow:
+    @staticmethod
+    def _checked(spec: SchedulerSpec, now: int) -> _CheckedSpec:
         check_id("scheduler id", spec.id)
         if not spec.name or not isinstance(spec.name, str):
             raise QueueError(f"scheduler {spec.id!r}: a handler name is required")
@@ -533,25 +564,11 @@ class Queue:
         slot = schedule.next_slot(spec.id, now)
         if slot is None:
             raise QueueError(f"scheduler {spec.id!r}: its schedule has already ended")
-        return _UpsertRow(
-            id=spec.id,
-            name=spec.name,
-            data=dump_json(f"scheduler {spec.id!r} data", dict(spec.data)),
-            spec=schedule.encode(),
-            next_ms=str(schedule.fire_time(slot)),
-            slot=str(slot),
-            scope=KEEP if spec.scope is None else spec.scope,
-            owner=spec.owner,
-            overlap=str(int(spec.overlap)),
-            limit=str(spec.limit),
-            attempts=str(spec.attempts),
-            state=(
-                KEEP
-                if spec.state is None
-                else dump_json(f"scheduler {spec.id!r} state", spec.state)
-            ),
-            first=str(now) if spec.immediately else "",
-        )
+        data = dump_json(f"scheduler {spec.id!r} data", dict(spec.data))
+        state = KEEP
+        if spec.state is not None:
+            state = dump_json(f"scheduler {spec.id!r} state", spec.state)
+        return _CheckedSpec(spec, schedule, slot, data, state)
 
     async def write_back(
         self,
