@@ -7,14 +7,19 @@
 -- not beyond its concurrency (then parked in the host's `waiting` list until a slot is
 -- freed: see free_slot), not beyond its rate (then delayed to its reserved place in the
 -- bucket, GCRA). A held run is not attempted: no attempt, failure or retry is counted.
--- KEYS: delayed wait active marker hosts parked
+-- A job id in wait whose hash is missing goes back to the end of wait for a while: during a
+-- reshard this script runs where the queue's fixed keys are, and the job's hash (a key named
+-- from data, so not declared) may still be on the node the slot is leaving. An id whose hash
+-- stays missing for ORPHAN_MS (lost with Redis's memory) is dropped then.
+-- KEYS: delayed wait active marker hosts parked orphans
 -- ARGV: prefix, n, lease ms, worker id, token prefix.
 -- Returns: the server time (ms) the jobs were taken, the runs held back as JSON
 -- ({host: {reason: count}}, "" for none), then 12 fields per job: id, token, name, data,
 -- state, scheduler, at, attempt, max, seq, epoch, the scheduler's failures in a row
 -- (scheduler, at, seq, epoch and failures are "" for a one-off job).
-local delayed, wait, active, marker, hosts, parked =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local delayed, wait, active, marker, hosts, parked, orphans =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local ORPHAN_MS = 60000
 local P, n, lease, worker, tp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
@@ -126,6 +131,15 @@ for i, jid in ipairs(ids) do
       for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch, fails}) do
         out[#out + 1] = v
       end
+    end
+  else
+    local first = tonumber(redis.call('ZSCORE', orphans, jid) or now)
+    if now - first < ORPHAN_MS then
+      redis.call('ZADD', orphans, 'NX', now, jid)
+      redis.call('PEXPIRE', orphans, 2 * ORPHAN_MS) -- ids seen once do not stay for ever
+      redis.call('RPUSH', wait, jid)
+    else
+      redis.call('ZREM', orphans, jid)
     end
   end
 end
