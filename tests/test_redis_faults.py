@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 import redis
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from watcher import keeper as keeper_module
 from watcher.jobs import FinishCode, Finished
 from watcher.keeper import Keeper
-from watcher.queue import Queue
+from watcher.queue import Queue, unavailable
 from watcher.redis_server import RedisServer, free_port
 from watcher.worker import Job, Worker
 
@@ -397,3 +397,24 @@ def test_persisting_redis_keeps_what_it_acknowledged_across_a_crash(tmp_path: Pa
         assert redis.Redis.from_url(server.url, decode_responses=True).get("kept") == "yes"
     finally:
         server.cleanup()
+
+
+def raised(code: str, filename: str) -> BaseException:
+    try:
+        exec(compile(code, filename, "exec"))
+    except Exception as exc:
+        return exc
+    raise AssertionError("nothing raised")
+
+
+def test_what_is_ridden_out_and_what_is_a_bug() -> None:
+    """A resharded slot and redis-py's connection reset under a call are outages; the same
+    exceptions anywhere else are bugs, said with their traceback."""
+    moving = "Script attempted to access a non local key in a cluster node script: f00, on @s:1"
+    assert unavailable(ResponseError(moving))
+    assert not unavailable(ResponseError("ERR Error running script: attempt to compare nil"))
+    reset = "raise AttributeError(\"'NoneType' object has no attribute 'writelines'\")"
+    in_redis_py = os.path.join(os.sep, "venv", "redis", "asyncio", "connection.py")
+    assert unavailable(raised(reset, in_redis_py))
+    assert not unavailable(raised(reset, os.path.join(os.sep, "src", "watcher", "runner.py")))
+    assert not unavailable(raised("raise AttributeError('no such field')", in_redis_py))

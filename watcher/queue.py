@@ -64,7 +64,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -106,6 +108,7 @@ __all__ = [
     "check_id",
     "dump_json",
     "refusal",
+    "unavailable",
 ]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
@@ -132,6 +135,32 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TryAgainError,
 )
 """What a call raises while Redis cannot be reached: ride it out, it is not a bug."""
+
+_SLOT_MOVING = "Script attempted to access a non local key in a cluster node"
+"""Redis Cluster's answer to a script that reads a key its node no longer serves, as each
+node learns in turn that a resharded slot has moved (its keys are named from data, so the
+client could not route by them): transient, like a slot being moved."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says Redis cannot answer now (UNAVAILABLE, a cluster slot still moving,
+    or redis-py's connection reset under a call): a call to ride out, not a bug."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    if isinstance(exc, ResponseError):
+        return str(exc).startswith(_SLOT_MOVING)
+    return isinstance(exc, AttributeError | TypeError) and _connection_reset_in_redis_py(exc)
+
+
+def _connection_reset_in_redis_py(exc: BaseException) -> bool:
+    """redis-py's asyncio client may find a connection's reader or writer gone (None) when
+    another call reset it, as a cluster's topology changes (seen here while a slot moved:
+    "'NoneType' object has no attribute 'writelines'"; redis-py issues #3546, #3835)."""
+    if "'NoneType' object" not in str(exc):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(f"{os.sep}redis{os.sep}asyncio{os.sep}" in frame.filename for frame in frames)
+
 
 DETAILS_KEPT = 4096
 """Characters of a change's details (its diff) kept on its scheduler, for `watcher status`;

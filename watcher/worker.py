@@ -29,7 +29,7 @@ from typing import Any
 from watcher.backoff import backoff
 from watcher.jobs import FinishCode, Finished, Job, Lease
 from watcher.keeper import Keeper
-from watcher.queue import UNAVAILABLE, Queue, QueueError, dump_json, refusal
+from watcher.queue import UNAVAILABLE, Queue, QueueError, dump_json, refusal, unavailable
 from watcher.repeat import Repeater
 from watcher.tally import Tally
 from watcher.ticker import Ticker
@@ -379,10 +379,13 @@ class Worker:
             self._finish(job, "fail", str(exc), report=exc.report, alert=exc.alert)
         except Exception as exc:
             refused = refusal(exc)
-            if refused is None:
-                log.warning("job %s (%s) attempt %d failed: %r", job.id, job.name, job.attempt, exc)
-            else:  # said once for all runs, until Redis accepts writes again
+            if refused is not None:  # said once for all runs, until Redis accepts writes again
                 self.repeater.refused(refused)
+            elif unavailable(exc):  # an outage: said once, by the loop that meets it
+                log.debug("job %s (%s) attempt %d: Redis unavailable: %r", job.id, job.name,
+                          job.attempt, exc)  # fmt: skip
+            else:
+                log.warning("job %s (%s) attempt %d failed: %r", job.id, job.name, job.attempt, exc)
             self._finish(
                 job, "retry", f"{type(exc).__name__}: {exc}", delay=self._backoff(job.attempt)
             )
