@@ -418,3 +418,22 @@ def test_what_is_ridden_out_and_what_is_a_bug() -> None:
     assert unavailable(raised(reset, in_redis_py))
     assert not unavailable(raised(reset, os.path.join(os.sep, "src", "watcher", "runner.py")))
     assert not unavailable(raised("raise AttributeError('no such field')", in_redis_py))
+
+
+async def test_a_job_whose_hash_is_missing_waits_a_minute_then_is_dropped(queue: Queue) -> None:
+    """take.lua puts back an id whose hash it cannot find (mid-reshard, the hash may still be
+    on the node the slot is leaving) without waking the workers for it; once missing for 60 s
+    (lost with Redis's memory) it is dropped, so it does not cycle for ever."""
+    lost, kept = await queue.add_jobs("h", [{"n": 1}, {"n": 2}])
+    await queue.redis.delete(queue.key(f"job:{lost}"), queue.key("marker"))  # woken already
+    taken = await queue.take(10, lease_ms=30_000, worker="w", token_prefix="w:1:")
+    assert [job.id for job in taken] == [kept]
+    assert await queue.redis.lrange(queue.key("wait"), 0, -1) == [lost]
+    assert await queue.redis.llen(queue.key("marker")) == 0  # nobody woken for it
+    assert await queue.take(10, lease_ms=30_000, worker="w", token_prefix="w:2:") == []
+    assert await queue.redis.lrange(queue.key("wait"), 0, -1) == [lost]  # still waiting
+    first_seen = await queue.redis.zscore(queue.key("orphans"), lost)
+    assert first_seen is not None
+    await queue.redis.zadd(queue.key("orphans"), {lost: first_seen - 60_000})  # a minute on
+    assert await queue.take(10, lease_ms=30_000, worker="w", token_prefix="w:3:") == []
+    assert await queue.redis.llen(queue.key("wait")) == 0

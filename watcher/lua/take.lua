@@ -89,6 +89,7 @@ local function admit(jid, jk, h, b, reserved)
 end
 
 local out = {now, ''}
+local put_back = 0
 for i, jid in ipairs(ids) do
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max', 'rsv')
@@ -138,11 +139,13 @@ for i, jid in ipairs(ids) do
       redis.call('ZADD', orphans, 'NX', now, jid)
       redis.call('PEXPIRE', orphans, 2 * ORPHAN_MS) -- ids seen once do not stay for ever
       redis.call('RPUSH', wait, jid)
+      put_back = put_back + 1
     else
       redis.call('ZREM', orphans, jid)
     end
   end
 end
 if any_held then out[2] = cjson.encode(held) end
-if redis.call('LLEN', wait) > 0 then wake(marker) end
+-- Ids put back wake nobody: the workers' next look (within a second) tries them again.
+if redis.call('LLEN', wait) > put_back then wake(marker) end
 return out
