@@ -1035,11 +1035,11 @@ def parse_config(
     _check_duplicate_ids(resources, report)
     _check_notifier_references(defaults, resources, report)
     if isinstance(resources, list):
-        merged = [_merge_defaults(defaults, item) for item in resources]
-        root["resources"] = [item for item, _ in merged]
+        copies = _listed_copies(defaults, listed) if listed else None
+        written = resources[: len(resources) - len(listed)] if copies is not None else resources
+        merged = [_merge_defaults(defaults, item) for item in written]
+        root["resources"] = [item for item, _ in merged] + (copies or [])
         validator.inherited = {i: inherited for i, (_, inherited) in enumerate(merged)}
-        if listed:
-            _validate_listed_once(root["resources"], len(resources) - len(listed))
 
     root.setdefault("queue", queue_name_for(filename))
     config = validator.validate(Config, {**root, "source": filename})
@@ -1077,18 +1077,18 @@ def _listed_resources(
     return [{"id": resource_id_for(url), "url": url} for url in urls]
 
 
-def _validate_listed_once(resources: list[Any], first: int) -> None:
+def _listed_copies(
+    defaults: dict[str, Any], listed: list[dict[str, str]]
+) -> list[ResourceConfig] | None:
     """Resources from a URL list differ only in their id and URL, both checked already (by
-    `read_url_list` and `resource_id_for`): one of them is validated, and the others are
-    copies of it with their own id and URL, a fraction of pydantic's time for a million.
-    When that one does not validate, all stay as they are, for the errors to be reported."""
+    `read_url_list` and `resource_id_for`): the first is validated with the defaults, and the
+    others are copies of it with their own id and URL, a fraction of pydantic's time for a
+    million. None when that one does not validate: then all are, for the errors to be told."""
     try:
-        prototype = ResourceConfig.model_validate(resources[first])
+        prototype = ResourceConfig.model_validate(_merge_defaults(defaults, listed[0])[0])
     except ValidationError:
-        return
-    for index in range(first + 1, len(resources)):
-        listed = resources[index]
-        resources[index] = prototype.model_copy(update={"id": listed["id"], "url": listed["url"]})
+        return None
+    return [prototype.model_copy(update={"id": item["id"], "url": item["url"]}) for item in listed]
 
 
 def _keep_references(
