@@ -17,6 +17,7 @@ local rows = cjson.decode(ARGV[2])
 local now = now_ms()
 local K = '~'
 local out = {}
+local epoch, created = nil, 0 -- epochs reserved for this call's new schedulers; how many
 -- Fields not stored while at these values (HMGET returns nil for them).
 local DEFAULT = {owner = '', overlap = '0', limit = '0', attempts = tostring(DEFAULT_ATTEMPTS), scope = ''}
 for _, row in ipairs(rows) do
@@ -47,18 +48,29 @@ for _, row in ipairs(rows) do
       end
     end
   elseif not exists then
-    -- fields at their default value are not stored: an idle scheduler stays small
+    -- One HSET, and fields at their default value not stored: an idle scheduler stays small,
+    -- and a million are created with three commands each.
     if first ~= '' then nxt, slot = first, first end
-    local epoch = redis.call('INCR', epochs)
-    redis.call('HSET', key, 'name', name, 'data', data, 'spec', spec, 'epoch', epoch, 'rev', 1,
-      'created', now)
-    if state ~= K and state ~= '{}' then redis.call('HSET', key, 'state', state) end
-    local optional = {scope = scope, owner = owner, overlap = overlap, limit = limit, attempts = attempts}
-    for f, v in pairs(optional) do
-      if v ~= K and v ~= DEFAULT[f] then redis.call('HSET', key, f, v) end
+    if not epoch then epoch = redis.call('INCRBY', epochs, #rows) - #rows end -- a block, once
+    epoch = epoch + 1
+    local fields = {'name', name, 'data', data, 'spec', spec, 'epoch', epoch, 'rev', 1,
+      'created', now}
+    local optional = {{'state', state ~= '{}' and state or K}, {'scope', scope}, {'owner', owner},
+      {'overlap', overlap}, {'limit', limit}, {'attempts', attempts}}
+    for _, pair in ipairs(optional) do
+      local f, v = pair[1], pair[2]
+      if v ~= K and v ~= DEFAULT[f] then
+        fields[#fields + 1] = f
+        fields[#fields + 1] = v
+      end
     end
-    set_next(schedulers, key, id, nxt, slot)
-    redis.call('INCR', scheduler_count) -- status counts without a SCAN
+    if slot ~= nxt then
+      fields[#fields + 1] = 'slot'
+      fields[#fields + 1] = slot
+    end
+    redis.call('HSET', key, unpack(fields))
+    redis.call('ZADD', schedulers, nxt, id)
+    created = created + 1
     out[#out + 1] = 'created'
   else
     local names = {'name', 'data', 'owner', 'overlap', 'limit', 'attempts', 'scope', 'spec'}
@@ -101,4 +113,5 @@ for _, row in ipairs(rows) do
     end
   end
 end
+if created > 0 then redis.call('INCRBY', scheduler_count, created) end -- status counts, no SCAN
 return out
