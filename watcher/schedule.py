@@ -256,16 +256,8 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-@lru_cache(maxsize=1024, typed=True)  # typed: `every=True` is refused, `every=1` is not
-def _built(
-    every: float | None,
-    cron: str | None,
-    tz: str | None,
-    jitter: float,
-    start: float | None,
-    end: float | None,
-) -> Schedule:
-    return Schedule._build(every, cron, tz, jitter, start, end)
+_built = lru_cache(maxsize=1024, typed=True)(Schedule._build)
+"""`Schedule.build`, cached (typed: `every=True` is refused, `every=1` is not)."""
 
 
 @lru_cache(maxsize=1024)
