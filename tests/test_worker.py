@@ -369,3 +369,14 @@ async def test_job_failed_by_lease_expiry_expires_and_is_listed(queue: Queue) ->
     assert job and job.state is JobState.FAILED and "lease expired" in (job.error or "")
     assert 0 < await queue.redis.pttl(queue.key(f"job:{jid}")) <= 60_000
     assert await queue.redis.lrange(queue.key("finished"), 0, -1) == [jid]
+
+
+async def test_the_finisher_ends_on_stop_even_when_its_cancellation_is_lost(queue: Queue) -> None:
+    """The stuck stop seen under load: the finisher's task had a cancellation requested
+    and lost (it arrived as a Redis call returned) and waited for work for ever after
+    SIGTERM. Its loop now ends on `stop`, with no cancellation at all."""
+    worker = Worker(queue, {})
+    task = asyncio.create_task(worker.finisher.run())
+    await asyncio.sleep(0.05)  # waiting for work
+    worker.finisher.stop()
+    await asyncio.wait_for(task, 1.0)

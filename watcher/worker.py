@@ -124,6 +124,7 @@ class Finisher:
         self.in_flight: set[str] = set()
         """Job ids in a finish call now: their leases need no extending."""
         self._wanted = asyncio.Event()
+        self._stopped = False
 
     def add(self, finished: Finished) -> None:
         self.pending.append(finished)
@@ -133,10 +134,18 @@ class Finisher:
         return job_id in self.in_flight or any(f.lease.job_id == job_id for f in self.pending)
 
     async def run(self) -> None:
-        while True:
+        """Finish what is added, until `stop` (the worker's stop flushes what is left)."""
+        while not self._stopped:
             await self._wanted.wait()
             self._wanted.clear()
             await self.flush()
+
+    def stop(self) -> None:
+        """End `run` without relying on its cancellation: a cancellation that arrives as a
+        Redis call inside `flush` returns can be lost (Python 3.11's wait_for), and the loop
+        then waited for work for ever, holding the process after SIGTERM."""
+        self._stopped = True
+        self._wanted.set()
 
     async def flush(self) -> None:
         """Finish everything pending; through a Redis outage or refusal, keep trying (when
@@ -283,6 +292,7 @@ class Worker:
                     len(self.finisher.pending),
                 )
         finally:
+            self.finisher.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
