@@ -4,9 +4,8 @@
 Run just these: ``pytest tests/test_cluster.py`` (or ``-k cluster``). They are skipped where
 ``redis-cli`` or a ``redis-server`` is missing. The cluster starts once per session (~2 s).
 
-The tests marked ``xfail(strict=True)`` document gaps in watcher's code, each with its cause;
-once a gap is fixed its test passes, and strict mode turns that into a failure until the
-mark is removed.
+The tests below "gaps found in watcher's code" were strict xfails, each documenting a gap
+with its cause, until the gap was fixed; a new gap gets such a test first.
 """
 
 from __future__ import annotations
@@ -301,7 +300,7 @@ async def finished_results(queue: Queue) -> list[str]:
     return [job.result for job in jobs if job and job.result]
 
 
-# -- gaps in watcher's code -----------------------------------------------------------------------
+# -- gaps found in watcher's code ------------------------------------------------------------------
 
 
 async def test_cli_reaches_a_queue_on_a_cluster(
