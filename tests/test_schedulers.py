@@ -7,7 +7,7 @@ import multiprocessing
 
 import pytest
 
-from watcher.queue import Queue, QueueError, SchedulerSpec
+from watcher.queue import Fence, Queue, QueueError, SchedulerSpec
 from watcher.schedule import phase_ms
 from watcher.worker import Worker
 
@@ -170,3 +170,18 @@ async def test_data_set_back_to_empty_is_kept(queue: Queue) -> None:
     assert await queue.upsert_scheduler("a", name="h", data={}, every=60) == "updated"
     info = await queue.get_scheduler("a")
     assert info is not None and info.data == {}
+
+
+async def test_schedulers_created_together_or_again_never_share_an_epoch(queue: Queue) -> None:
+    """upsert.lua reserves a block of epochs per call: each new scheduler still gets its own,
+    and one removed and created again gets a new one, so a run of the old one is fenced."""
+    specs = [SchedulerSpec(id=f"s{n}", name="h", every=60) for n in range(5)]
+    await queue.upsert_schedulers(specs)
+    infos = [await queue.get_scheduler(s.id) for s in specs]
+    first = {info.id: info.epoch for info in infos if info is not None}
+    assert len(set(first.values())) == 5
+    await queue.remove_schedulers(["s2"])
+    await queue.upsert_schedulers([specs[2], SchedulerSpec(id="s5", name="h", every=60)])
+    again = await queue.get_scheduler("s2")
+    assert again is not None and again.epoch not in first.values()
+    assert not await queue.write_back("s2", Fence(seq=1, epoch=first["s2"]), state={"v": 1})

@@ -15,12 +15,15 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           respec (when the schedule last changed:
                           runs fired before it do not hold the next run back) (ms). Fields
                           at their default value (empty, 0, attempts 3, slot = score,
-                          updated = created) are not stored: an idle scheduler stays under
-                          400 bytes.
+                          updated = created) are not stored: an idle scheduler's hash
+                          keeps Redis's compact encoding (about 300 bytes with its key)
   wait             LIST   job ids ready to run
   marker           LIST   wake-up tokens for idle workers (BLPOP), capped at 64
   active           ZSET   job id -> lease deadline (ms)
   delayed          ZSET   job id -> time due (retries with backoff, delayed jobs)
+  orphans          ZSET   job id -> when take found it in wait without its hash (ms): put
+                          back for up to a minute (mid-reshard the hash is still on the
+                          node the slot is leaving), then dropped; expires when unused
   job:<id>         HASH   name, data, sched, at (planned fire ms), st, att, max, token, wk,
                           seq, epoch, created, started, finished, res, err (TTL once finished)
   finished         LIST   the newest finished job ids, capped
@@ -101,6 +104,7 @@ __all__ = [
     "LostLeases",
     "Queue",
     "QueueError",
+    "RedisInTransit",
     "Refusal",
     "SchedulerInfo",
     "SchedulerSpec",
@@ -142,6 +146,12 @@ node learns in turn that a resharded slot has moved (its keys are named from dat
 client could not route by them): transient, like a slot being moved."""
 
 
+class RedisInTransit(RedisConnectionError):
+    """A script call that met a cluster slot moving, or redis-py's connection reset under
+    it (see `unavailable`): raised by `Queue._call` in their place, so that everything that
+    rides out UNAVAILABLE rides these out too."""
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether `exc` says Redis cannot answer now (UNAVAILABLE, a cluster slot still moving,
     or redis-py's connection reset under a call): a call to ride out, not a bug."""
@@ -158,8 +168,9 @@ def _connection_reset_in_redis_py(exc: BaseException) -> bool:
     "'NoneType' object has no attribute 'writelines'"; redis-py issues #3546, #3835)."""
     if "'NoneType' object" not in str(exc):
         return False
-    frames = traceback.extract_tb(exc.__traceback__)
-    return any(f"{os.sep}redis{os.sep}asyncio{os.sep}" in frame.filename for frame in frames)
+    inside = f"{os.sep}redis{os.sep}asyncio{os.sep}"
+    frames = traceback.walk_tb(exc.__traceback__)  # frames only: no source lines read
+    return any(inside in frame.f_code.co_filename for frame, _ in frames)
 
 
 DETAILS_KEPT = 4096
@@ -523,7 +534,12 @@ class Queue:
         return self.prefix + part
 
     async def _call(self, script: str, args: Sequence[Any]) -> Any:
-        return await self._scripts[script](self.prefix, args)
+        try:
+            return await self._scripts[script](self.prefix, args)
+        except (ResponseError, AttributeError, TypeError) as exc:
+            if unavailable(exc):
+                raise RedisInTransit(f"{type(exc).__name__}: {exc}") from exc
+            raise
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -3,7 +3,7 @@
 The worker's loops (fetch, tick, keep, finish) share one `Repeater`: one stop signal, and
 one episode of each kind at a time, said once when it starts and once when it ends, however
 many loops notice it:
-  outage    Redis cannot be reached (`unavailable`); it ends with the next call that works;
+  outage    Redis cannot be reached (UNAVAILABLE); it ends with the next call that works;
   refusal   Redis answers but refuses writes (out of memory, a read-only replica, a disk it
             cannot write: `Refusal`); it ends when a write goes through (the keeper's
             heartbeat probes for that), since reads keep working meanwhile.
@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from watcher.backoff import backoff
-from watcher.queue import Refusal, refusal, unavailable
+from watcher.queue import UNAVAILABLE, Refusal, refusal
 
 __all__ = ["Repeater"]
 
@@ -71,7 +71,7 @@ class Repeater:
     async def ride_out(self, exc: BaseException, attempt: int) -> bool:
         """If `exc` is Redis unreachable or refusing writes, note it (said once per episode),
         back off before `attempt` + 1, and return True; else (a bug) return False."""
-        if unavailable(exc):
+        if isinstance(exc, UNAVAILABLE):
             await self.redis_failed(exc, attempt)
             return True
         refused = refusal(exc)

@@ -29,7 +29,7 @@ from typing import Any
 from watcher.backoff import backoff
 from watcher.jobs import FinishCode, Finished, Job, Lease
 from watcher.keeper import Keeper
-from watcher.queue import UNAVAILABLE, Queue, QueueError, dump_json, refusal, unavailable
+from watcher.queue import UNAVAILABLE, Queue, QueueError, dump_json, refusal
 from watcher.repeat import Repeater
 from watcher.tally import Tally
 from watcher.ticker import Ticker
@@ -391,7 +391,7 @@ class Worker:
             refused = refusal(exc)
             if refused is not None:  # said once for all runs, until Redis accepts writes again
                 self.repeater.refused(refused)
-            elif unavailable(exc):  # an outage: said once, by the loop that meets it
+            elif isinstance(exc, UNAVAILABLE):  # an outage: said once, by the loop that meets it
                 log.debug("job %s (%s) attempt %d: Redis unavailable: %r", job.id, job.name,
                           job.attempt, exc)  # fmt: skip
             else:
