@@ -189,3 +189,20 @@ async def test_remind_every_says_down_again_while_it_stays_down(queue: Queue) ->
         taken = await queue.outbox.take({"hook": 60_000}, 10)
         said.append([d.payload["event"] for d in taken])
     assert said == [["down"], [], ["down"], []]  # again once `remind` passed, not every run
+
+
+async def test_stale_counts_from_created_on_a_scheduler_stored_before_since(queue: Queue) -> None:
+    """Schedulers written by an older watcher stored `created` instead of `since`: a resource
+    unchanged since long before is said to be stale on its first successful run."""
+    from watcher.jobs import Finished
+    from watcher.ticker import Ticker
+
+    await queue.upsert_scheduler("r", name="etag", every=3600, immediately=True)
+    await queue.redis.hset(queue.key("scheduler:r"), "created", await queue.now_ms() - 10_000)
+    await Ticker(queue).tick()
+    [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
+    alert = {"stale": 5_000, "stale_words": "5s", "notify": [["hook", HOUR_MS]]}
+    done = Finished(job.lease, "ok", alert=json.dumps(alert))
+    await queue.finish([done], keep_ms=60_000, keep_runs_ms=60_000, cap=100)
+    taken = await queue.outbox.take({"hook": 60_000}, 10)
+    assert [d.payload["event"] for d in taken] == ["stale"]

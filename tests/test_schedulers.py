@@ -185,3 +185,26 @@ async def test_schedulers_created_together_or_again_never_share_an_epoch(queue: 
     again = await queue.get_scheduler("s2")
     assert again is not None and again.epoch not in first.values()
     assert not await queue.write_back("s2", Fence(seq=1, epoch=first["s2"]), state={"v": 1})
+
+
+async def test_an_owner_is_stored_once_and_one_stored_whole_before_still_reads(
+    queue: Queue,
+) -> None:
+    """upsert.lua stores an owner as a short code from the queue's `owners` table; a hash
+    written before codes existed holds the owner itself, and still reads and compares as it."""
+    owner = "yaml:/srv/monitoring/production/watcher.yaml"
+    specs = [SchedulerSpec(id=f"s{n}", name="h", every=60, owner=owner) for n in range(3)]
+    await queue.upsert_schedulers(specs)
+    codes = {await queue.redis.hget(queue.key(f"scheduler:{s.id}"), "owner") for s in specs}
+    assert codes == {"#1"}
+    assert {row[1] for row in (await queue.scheduler_fields(("name", "owner"))).values()} == {owner}
+
+    await queue.redis.hset(queue.key("scheduler:s1"), "owner", owner)  # as stored before codes
+    info = await queue.get_scheduler("s1")
+    assert info is not None and info.owner == owner
+    assert await queue.upsert_schedulers([specs[1]]) == ["unchanged"]
+    moved = SchedulerSpec(id="s1", name="h", every=60, owner="yaml:/elsewhere.yaml")
+    assert await queue.upsert_schedulers([moved]) == ["updated"]
+    assert await queue.redis.hget(queue.key("scheduler:s1"), "owner") == "#2"
+    [listed] = await queue.list_schedulers(["s1"])
+    assert listed.owner == "yaml:/elsewhere.yaml"

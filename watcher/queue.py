@@ -8,15 +8,18 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           runs), spec (Schedule JSON), slot (next slot without jitter),
                           scope (state is reset when it changes), epoch (bumped on reset),
                           rev (bumped by every change), seq (runs started), wseq (the run
-                          that last wrote state), owner, overlap, limit, attempts, count,
-                          skipped, fails (in a row), active (the pending run's job id),
-                          report (the last run's outcome, JSON), created, updated,
-                          last_run, last_change, diff (the last change's details, capped),
-                          respec (when the schedule last changed:
+                          that last wrote state), owner (a code from `owners`), overlap,
+                          limit, attempts, count, skipped, fails (in a row), active (the
+                          pending run's job id), report (the last run's outcome, JSON),
+                          updated, last_run, last_change, since (the first successful run,
+                          for stale alerts before any change), diff (the last change's
+                          details, capped), respec (when the schedule last changed:
                           runs fired before it do not hold the next run back) (ms). Fields
-                          at their default value (empty, 0, attempts 3, slot = score,
-                          updated = created) are not stored: an idle scheduler's hash
-                          keeps Redis's compact encoding (about 300 bytes with its key)
+                          at their default value (empty, 0, attempts 3, slot = score) are
+                          not stored: an idle scheduler's hash keeps Redis's compact
+                          encoding (about 270 bytes with its key)
+  owners           HASH   "=" + owner -> code ("#1"), code -> owner, "#" -> the last code:
+                          a config file's path is stored once, not in each scheduler
   wait             LIST   job ids ready to run
   marker           LIST   wake-up tokens for idle workers (BLPOP), capped at 64
   active           ZSET   job id -> lease deadline (ms)
@@ -315,8 +318,6 @@ class SchedulerInfo:
     overlap: bool
     active_job: str | None
     report: dict[str, Any] | None
-    created_ms: int
-    updated_ms: int
     last_run_ms: int | None
     last_change_ms: int | None
     last_change_details: str | None = None
@@ -346,8 +347,6 @@ class SchedulerInfo:
             overlap=h.get("overlap") == "1",
             active_job=h.get("active") or None,
             report=json.loads(h["report"]) if h.get("report") else None,
-            created_ms=int(h["created"]),
-            updated_ms=int(h.get("updated") or h["created"]),
             last_run_ms=opt_int("last_run"),
             last_change_ms=opt_int("last_change"),
             last_change_details=h.get("diff") or None,
@@ -665,7 +664,9 @@ class Queue:
             pipe.hgetall(self.key(f"scheduler:{id}"))
             pipe.zscore(self.key("schedulers"), id)
             h, score = await pipe.execute()
-        return SchedulerInfo.from_hash(id, h, score) if h else None
+        if not h:
+            return None
+        return SchedulerInfo.from_hash(id, _owner_named(h, await self._owner_names()), score)
 
     async def scheduler_ids(self) -> list[str]:
         """Every scheduler id, including ended ones (not in the `schedulers` ZSET)."""
@@ -691,19 +692,29 @@ class Queue:
             for at, id in zip(range(0, len(reply), width), chunk, strict=True):
                 if reply[at] is not None:
                     found[id] = reply[at : at + width]
+        if "owner" in fields and found:
+            column, names = fields.index("owner"), await self._owner_names()
+            for row in found.values():
+                row[column] = names.get(row[column] or "", row[column])
         return found
 
     async def list_schedulers(self, ids: Sequence[str] | None = None) -> list[SchedulerInfo]:
         ids = await self.scheduler_ids() if ids is None else list(ids)
         found: list[SchedulerInfo] = []
+        names = await self._owner_names()
         for start in range(0, len(ids), READ_CHUNK):
             chunk = ids[start : start + READ_CHUNK]
             reply = await self._call("schedulers", [json.dumps(chunk)])
             for id, (flat, score) in zip(chunk, _rows(reply, 2), strict=True):
                 if flat:
                     h = dict(zip(flat[::2], flat[1::2], strict=True))
-                    found.append(SchedulerInfo.from_hash(id, h, score))
+                    found.append(SchedulerInfo.from_hash(id, _owner_named(h, names), score))
         return found
+
+    async def _owner_names(self) -> dict[str, str]:
+        """Each owner code ("#1") -> the owner it stands for (see upsert.lua)."""
+        table = cast(dict[str, str], await self.redis.hgetall(self.key("owners")))
+        return {code: owner for code, owner in table.items() if code[:1] == "#" and code != "#"}
 
     # -- ticks: firing due schedulers ---------------------------------------------------
 
@@ -1137,6 +1148,14 @@ def _pack(rows: list[list[str]]) -> str:
     """Rows for a script in one JSON argument: redis-py packs one long argument far faster
     than thousands of short ones."""
     return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+def _owner_named(h: dict[str, str], names: Mapping[str, str]) -> dict[str, str]:
+    """A scheduler's hash with its owner code replaced by the owner it stands for (a hash
+    written before owners had codes holds the owner itself)."""
+    if "owner" in h:
+        h["owner"] = names.get(h["owner"], h["owner"])
+    return h
 
 
 def _rows(flat: Sequence[Any], width: int) -> Iterable[Sequence[Any]]:

@@ -49,13 +49,18 @@ end
 local function alerts(sk, resource, ok, alert)
   local said = (alert.message or {}).summary or ''
   if ok then
-    local s = redis.call('HMGET', sk, 'alerted', 'down_runs', 'last_change', 'created', 'stale')
+    local s = redis.call('HMGET', sk, 'alerted', 'down_runs', 'last_change', 'since', 'stale',
+      'created')
     if s[1] then
       tell(alert, resource, 'recovered', 'recovered after ' .. (s[2] or '?') .. ' failed runs: ' .. said)
     end
     if s[1] or s[2] then redis.call('HDEL', sk, 'alerted', 'down_runs') end
     local stale = tonumber(alert.stale or 0)
-    if stale > 0 and not s[5] and now - tonumber(s[3] or s[4] or now) >= stale then
+    -- no change yet: counted from the first successful run (schedulers made before that
+    -- field stored `created`)
+    local since = s[3] or s[4] or s[6]
+    if stale > 0 and not since then redis.call('HSET', sk, 'since', now) end
+    if stale > 0 and not s[5] and now - tonumber(since or now) >= stale then
       redis.call('HSET', sk, 'stale', 1)
       tell(alert, resource, 'stale', 'no change for ' .. (alert.stale_words or stale .. ' ms'))
     end

@@ -4,14 +4,18 @@
 -- stat:fenced). A changed scope resets the state and takes a new epoch, fencing off old runs.
 -- Epochs come from one queue-wide counter, so a scheduler removed and created again never
 -- reuses an epoch that a run still in flight could carry.
--- KEYS: schedulers epochs stat:fenced scheduler_count
+-- An owner is stored as a short code ("#1"), from the `owners` hash ("=" .. owner -> code,
+-- code -> owner, "#" -> the last code given): one file owns a million schedulers, its path
+-- is stored once.
+-- KEYS: schedulers epochs stat:fenced scheduler_count owners
 -- ARGV: prefix, then a JSON array with one array of 14 strings per scheduler (one argument
 -- instead of thousands: packing arguments is what costs a client most):
 --   id, name, data, spec, next, slot, scope, owner, overlap, limit, attempts, fence, state,
 --   first (the first fire time when created, "" = next: "run immediately" passes now)
 -- Returns: one word per row: created, updated, unchanged, fenced or missing (a write-back to a
 -- scheduler that no longer exists).
-local schedulers, epochs, fenced, scheduler_count = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local schedulers, epochs, fenced, scheduler_count, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+  KEYS[5]
 local P = ARGV[1]
 local rows = cjson.decode(ARGV[2])
 local now = now_ms()
@@ -20,10 +24,24 @@ local out = {}
 local epoch, created = nil, 0 -- epochs reserved for this call's new schedulers; how many
 -- Fields not stored while at these values (HMGET returns nil for them).
 local DEFAULT = {owner = '', overlap = '0', limit = '0', attempts = tostring(DEFAULT_ATTEMPTS), scope = ''}
+local codes = {[K] = K, [''] = ''}
+local function code_of(owner)
+  if not codes[owner] then
+    local code = redis.call('HGET', owners, '=' .. owner)
+    if not code then
+      code = '#' .. redis.call('HINCRBY', owners, '#', 1)
+      redis.call('HSET', owners, '=' .. owner, code, code, owner)
+    end
+    codes[owner] = code
+  end
+  return codes[owner]
+end
 for _, row in ipairs(rows) do
   local id, name, data, spec, nxt, slot = row[1], row[2], row[3], row[4], row[5], row[6]
   local scope, owner, overlap, limit, attempts = row[7], row[8], row[9], row[10], row[11]
   local fence, state, first = row[12], row[13], row[14]
+  local owner_named = owner -- stored before owners had codes: the name itself
+  owner = code_of(owner)
   local key = P .. 'scheduler:' .. id
   local exists = redis.call('EXISTS', key) == 1
   if fence ~= '' then
@@ -53,8 +71,7 @@ for _, row in ipairs(rows) do
     if first ~= '' then nxt, slot = first, first end
     if not epoch then epoch = redis.call('INCRBY', epochs, #rows) - #rows end -- a block, once
     epoch = epoch + 1
-    local fields = {'name', name, 'data', data, 'spec', spec, 'epoch', epoch, 'rev', 1,
-      'created', now}
+    local fields = {'name', name, 'data', data, 'spec', spec, 'epoch', epoch, 'rev', 1}
     local optional = {{'state', state ~= '{}' and state or K}, {'scope', scope}, {'owner', owner},
       {'overlap', overlap}, {'limit', limit}, {'attempts', attempts}}
     for _, pair in ipairs(optional) do
@@ -79,6 +96,7 @@ for _, row in ipairs(rows) do
     local changed = false
     for f = 1, 6 do
       local old = cur[f] or DEFAULT[names[f]]
+      if f == 3 and old == owner_named then old = owner end
       if given[f] ~= K and given[f] ~= old then
         if given[f] == DEFAULT[names[f]] then
           redis.call('HDEL', key, names[f])
