@@ -79,6 +79,10 @@ end
 
 local out = {}
 local completed_n, failed_n = 0, 0
+-- jobs out of `active`, jobs put in `finished`: each in one command, after the loop (nothing
+-- in it reads them)
+local ended, listed = {}, {}
+local now_s = tostring(now)
 for _, row in ipairs(cjson.decode(ARGV[5])) do
   local jid, token, kind, delay, payload, state, report, pause, hold, alert =
     row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10]
@@ -91,7 +95,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
     out[#out + 1] = 0
   else
     local code = 1
-    redis.call('ZREM', active, jid)
+    ended[#ended + 1] = jid
     local sk = j[2] ~= '' and (P .. 'scheduler:' .. j[2]) or nil
     local h = j[7]
     if h then
@@ -105,8 +109,10 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
     end
     -- A run of an earlier epoch (the scheduler was reset, or removed and created again)
     -- leaves the scheduler's failures, report and state alone.
-    local s = sk and redis.call('HMGET', sk, 'epoch', 'active', 'wseq', 'respec') or {}
+    local s = sk and redis.call('HMGET', sk, 'epoch', 'active', 'wseq', 'respec', 'fails', 'rev')
+      or {}
     local current = sk ~= nil and s[1] == j[6]
+    local write = {} -- the scheduler's fields this run sets, in one HSET
     if kind == 'retry' and tonumber(j[3]) < tonumber(j[4]) then
       redis.call('HSET', jk, 'st', DELAYED, 'token', '', 'err', payload)
       redis.call('ZADD', delayed, now + tonumber(delay), jid)
@@ -115,20 +121,24 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
       if current then fail_once(sk, failing, j[2]) end
     else
       if kind == 'ok' then
-        redis.call('HSET', jk, 'st', DONE, 'token', '', 'res', payload, 'finished', now)
+        redis.call('HSET', jk, 'st', DONE, 'token', '', 'res', payload, 'finished', now_s)
         completed_n = completed_n + 1
       else
-        redis.call('HSET', jk, 'st', FAILED, 'token', '', 'err', payload, 'finished', now)
+        redis.call('HSET', jk, 'st', FAILED, 'token', '', 'err', payload, 'finished', now_s)
         failed_n = failed_n + 1
         event(events, 'event', 'failed', 'job', jid, 'scheduler', j[2], 'attempt', j[3],
           'error', payload)
       end
       -- kept a while, listed among the newest finished (the list is trimmed once, below)
       redis.call('PEXPIRE', jk, (kind == 'ok' and j[2] ~= '') and keep_runs or keep)
-      redis.call('LPUSH', finished, jid)
-      if s[2] == jid then redis.call('HSET', sk, 'active', '') end
+      listed[#listed + 1] = jid
+      if s[2] == jid then append(write, 'active', '') end
       if current then
-        if kind == 'ok' then recovered(sk, failing, j[2]) else fail_once(sk, failing, j[2]) end
+        if kind ~= 'ok' then
+          fail_once(sk, failing, j[2])
+        elseif s[5] then
+          recovered(sk, failing, j[2])
+        end
         -- a run fired before the schedule last changed holds nothing: the new one starts
         if kind == 'ok' and hold ~= '' and tonumber(j[8] or '0') >= tonumber(s[4] or '0') then
           local score = redis.call('ZSCORE', schedulers, j[2])
@@ -139,19 +149,21 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
       end
       if kind == 'ok' and state ~= '~' then
         if current and tonumber(j[5]) >= tonumber(s[3] or '0') then
-          redis.call('HSET', sk, 'state', state, 'wseq', j[5])
-          redis.call('HINCRBY', sk, 'rev', 1)
+          append(write, 'state', state, 'wseq', j[5], 'rev', tonumber(s[6] or '0') + 1)
         else
           code = code + 1
           redis.call('INCR', fenced)
         end
       end
     end
-    if current and report ~= '~' then redis.call('HSET', sk, 'report', report) end
+    if current and report ~= '~' then append(write, 'report', report) end
+    if #write > 0 then redis.call('HSET', sk, unpack(write)) end
     out[#out + 1] = code
   end
 end
-if completed_n + failed_n > 0 then redis.call('LTRIM', finished, 0, cap - 1) end
+each_chunk('ZREM', active, ended)
+each_chunk('LPUSH', finished, listed)
+if #listed > 0 then redis.call('LTRIM', finished, 0, cap - 1) end
 if completed_n > 0 then redis.call('INCRBY', completed, completed_n) end
 if failed_n > 0 then redis.call('INCRBY', failed, failed_n) end
 return out

@@ -90,6 +90,8 @@ end
 
 local out = {now, ''}
 local put_back = 0
+local now_s, deadline = tostring(now), tostring(now + lease)
+local leased = {} -- deadline, job id pairs for `active`: one ZADD after the loop
 for i, jid in ipairs(ids) do
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max', 'rsv')
@@ -120,15 +122,15 @@ for i, jid in ipairs(ids) do
     if runnable then
       if sk then
         seq = seq + 1 -- atomic: nothing else runs meanwhile
-        redis.call('HSET', sk, 'seq', seq, 'last_run', now)
+        redis.call('HSET', sk, 'seq', seq, 'last_run', now_s)
       end
       local token = tp .. i
       local att = tonumber(j[5]) + 1
-      redis.call('HSET', jk, 'st', ACTIVE, 'token', token, 'wk', worker, 'started', now,
+      redis.call('HSET', jk, 'st', ACTIVE, 'token', token, 'wk', worker, 'started', now_s,
         'att', att, 'seq', seq, 'epoch', epoch)
       if h ~= '' then redis.call('HSET', jk, 'host', h) end
       if j[7] then redis.call('HDEL', jk, 'rsv') end
-      redis.call('ZADD', active, now + lease, jid)
+      append(leased, deadline, jid)
       for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch, fails}) do
         out[#out + 1] = v
       end
@@ -145,6 +147,7 @@ for i, jid in ipairs(ids) do
     end
   end
 end
+each_chunk('ZADD', active, leased) -- chunks of 1000: whole pairs
 if any_held then out[2] = cjson.encode(held) end
 -- Ids put back wake nobody: the workers' next look (within a second) tries them again.
 if redis.call('LLEN', wait) > put_back then wake(marker) end
