@@ -186,3 +186,26 @@ async def test_a_host_without_a_concurrency_limit_is_paused_too(queue: Queue) ->
     await Ticker(queue).tick()
     taken, held = await queue.take_counting_held(1, lease_ms=60_000, worker="w", token_prefix="b")
     assert taken == [] and held == {"host.test": {"paused": 1}}
+
+
+async def test_status_finds_hosts_from_the_names_the_scripts_keep_not_a_scan(queue: Queue) -> None:
+    """A host gets budget state from take.lua (held, rate, slots) or finish.lua (a pause):
+    each names it in `hostnames`, which status reads instead of scanning the keyspace."""
+    from watcher.jobs import Finished
+
+    await queue.set_budgets({"default": Budget(interval_ms=0, burst=1, concurrency=1)})
+    for n, url in enumerate(("http://one.test/a", "http://two.test/b", "http://plain.test/")):
+        await queue.upsert_scheduler(f"r{n}", name="etag", data={"url": url}, every=3600,
+                                     immediately=True)  # fmt: skip
+    await Ticker(queue).tick()
+    jobs = await queue.take(3, lease_ms=60_000, worker="w", token_prefix="t")
+    assert await queue.host_names() == ["one.test", "plain.test", "two.test"]  # slots taken
+
+    await queue.set_budgets({})
+    await queue.redis.delete(queue.key("hostnames"))
+    paused = next(job for job in jobs if job.data["url"].startswith("http://two."))
+    await queue.finish([Finished(paused.lease, "retry", 1000, "HTTP 429", pause="5000")],
+                       keep_ms=60_000, keep_runs_ms=60_000, cap=100)  # fmt: skip
+    assert await queue.host_names() == ["two.test"]
+    states = await queue.host_states(["two.test"])
+    assert states["two.test"].paused_until_ms is not None

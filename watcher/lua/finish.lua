@@ -10,7 +10,7 @@
 -- A resource with alerts tells its notifiers (through the outbox) when it goes down (after
 -- `after` runs in a row gave up; again every `remind` ms while down), when it recovers, and
 -- when it has not changed for `stale` ms.
--- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing wait marker schedulers deadlines deliveries delivery_id
+-- KEYS: active delayed events finished stat:completed stat:failed stat:fenced failing wait marker schedulers deadlines deliveries delivery_id hostnames
 -- ARGV: prefix, keep ms, keep ms for a scheduler's successful run (its outcome lives on in the
 -- scheduler's report), finished cap, then a JSON array with one array of 10 strings per job
 -- (one argument: packing thousands costs a client most):
@@ -24,12 +24,13 @@
 local active, delayed, events, finished = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local completed, failed, fenced, failing = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local wait, marker, schedulers = KEYS[9], KEYS[10], KEYS[11]
-local deadlines, counts, delivery_ids = KEYS[12], KEYS[13], KEYS[14]
+local deadlines, counts, delivery_ids, hostnames = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local P, keep, keep_runs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 
 local function pause_host(h, pause)
   local hk = P .. 'host:' .. h
+  redis.call('SADD', hostnames, h) -- status lists the hosts named there
   local ms
   if pause == 'x' then
     ms = 1000 * 2 ^ (redis.call('HINCRBY', hk, 'strikes', 1) - 1)

@@ -11,14 +11,15 @@
 -- reshard this script runs where the queue's fixed keys are, and the job's hash (a key named
 -- from data, so not declared) may still be on the node the slot is leaving. An id whose hash
 -- stays missing for ORPHAN_MS (lost with Redis's memory) is dropped then.
--- KEYS: delayed wait active marker hosts parked orphans
+-- A host whose budget state this writes is named in `hostnames` (status lists them from it).
+-- KEYS: delayed wait active marker hosts parked orphans hostnames
 -- ARGV: prefix, n, lease ms, worker id, token prefix.
 -- Returns: the server time (ms) the jobs were taken, the runs held back as JSON
 -- ({host: {reason: count}}, "" for none), then 12 fields per job: id, token, name, data,
 -- state, scheduler, at, attempt, max, seq, epoch, the scheduler's failures in a row
 -- (scheduler, at, seq, epoch and failures are "" for a one-off job).
-local delayed, wait, active, marker, hosts, parked, orphans =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local delayed, wait, active, marker, hosts, parked, orphans, hostnames =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local ORPHAN_MS = 60000
 local P, n, lease, worker, tp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
@@ -48,7 +49,16 @@ local function state_of(h)
   return states[h]
 end
 
+local named = {} -- hosts named in `hostnames` by this call
+local function name(h)
+  if not named[h] then
+    redis.call('SADD', hostnames, h)
+    named[h] = true
+  end
+end
+
 local function hold(h, reason, hk)
+  name(h)
   redis.call('HINCRBY', hk, 'held:' .. reason, 1)
   held[h] = held[h] or {}
   held[h][reason] = (held[h][reason] or 0) + 1
@@ -59,6 +69,7 @@ end
 -- Nil when the run may start now (its slot and token taken), else why it is held.
 local function admit(jid, jk, h, b, reserved)
   local hk = P .. 'host:' .. h
+  if b.conc > 0 or b.interval > 0 then name(h) end
   local paused = state_of(h).paused
   if paused > now then
     redis.call('ZADD', delayed, paused, jid)
