@@ -208,3 +208,29 @@ async def test_an_owner_is_stored_once_and_one_stored_whole_before_still_reads(
     assert await queue.redis.hget(queue.key("scheduler:s1"), "owner") == "#2"
     [listed] = await queue.list_schedulers(["s1"])
     assert listed.owner == "yaml:/elsewhere.yaml"
+
+
+async def test_fields_at_their_default_are_not_stored_and_read_back_as_the_default(
+    queue: Queue,
+) -> None:
+    """A new scheduler's hash leaves out the default check name and its revision count (an
+    idle scheduler stays in fewer bytes); they read back as "etag" and 0, runs get the name,
+    and a name set back to the default is removed again."""
+    from watcher.ticker import Ticker
+
+    await queue.upsert_scheduler("a", name="etag", data={"x": 1}, every=60, immediately=True)
+    key = queue.key("scheduler:a")
+    assert await queue.redis.hmget(key, "name", "rev") == [None, None]
+    info = await queue.get_scheduler("a")
+    assert info is not None and (info.name, info.rev) == ("etag", 0)
+    assert (await queue.scheduler_fields(("name", "data")))["a"] == ["etag", '{"x":1}']
+    await Ticker(queue).tick()
+    [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
+    assert job.name == "etag" and job.scheduler_id == "a"
+
+    assert await queue.upsert_scheduler("a", name="status", data={"x": 1}, every=60) == "updated"
+    assert await queue.redis.hmget(key, "name", "rev") == ["status", "1"]
+    assert await queue.upsert_scheduler("a", name="etag", data={"x": 1}, every=60) == "updated"
+    assert await queue.redis.hget(key, "name") is None
+    info = await queue.get_scheduler("a")
+    assert info is not None and (info.name, info.rev) == ("etag", 2)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
+    "DEFAULT_NAME",
     "Fence",
     "FinishCode",
     "Finished",
@@ -56,6 +57,9 @@ log = logging.getLogger("watcher.jobs")
 
 DEFAULT_ATTEMPTS = 3
 """Runs of a job before it fails for good (the first one included)."""
+DEFAULT_NAME = "etag"
+"""The handler most schedulers run (a resource's default check): like other fields at their
+default, a scheduler's hash does not store it."""
 
 
 class JobState(enum.StrEnum):

@@ -15,9 +15,9 @@ cluster slot, so every script runs unchanged on Redis Cluster.
                           for stale alerts before any change), diff (the last change's
                           details, capped), respec (when the schedule last changed:
                           runs fired before it do not hold the next run back) (ms). Fields
-                          at their default value (empty, 0, attempts 3, slot = score) are
-                          not stored: an idle scheduler's hash keeps Redis's compact
-                          encoding (about 270 bytes with its key)
+                          at their default value (empty, 0, attempts 3, slot = score, name
+                          etag) are not stored: an idle scheduler's hash keeps Redis's
+                          compact encoding (about 240 bytes with its key)
   owners           HASH   "=" + owner -> code ("#1"), code -> owner, "#" -> the last code:
                           a config file's path is stored once, not in each scheduler
   wait             LIST   job ids ready to run
@@ -93,7 +93,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from watcher.change import Change
 from watcher.hosts import Budget
-from watcher.jobs import DEFAULT_ATTEMPTS, Fence, FinishCode, Finished, Job, JobInfo, Lease
+from watcher.jobs import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_NAME,
+    Fence,
+    FinishCode,
+    Finished,
+    Job,
+    JobInfo,
+    Lease,
+)
 from watcher.outbox import Outbox
 from watcher.schedule import Schedule, ScheduleError
 from watcher.scripts import load_scripts
@@ -332,12 +341,12 @@ class SchedulerInfo:
 
         return cls(
             id=id,
-            name=h["name"],
+            name=h.get("name") or DEFAULT_NAME,
             data=json.loads(h["data"]),
             state=json.loads(h.get("state") or "{}"),
             schedule=Schedule.decode(h["spec"]),
             next_fire_ms=None if score is None else int(score),
-            rev=int(h["rev"]),
+            rev=int(h.get("rev") or 0),
             epoch=int(h["epoch"]),
             count=int(h.get("count", 0)),
             skipped=int(h.get("skipped", 0)),
@@ -682,17 +691,22 @@ class Queue:
     async def scheduler_fields(
         self, fields: Sequence[str], ids: Sequence[str] | None = None
     ) -> dict[str, list[str | None]]:
-        """Selected hash fields of many schedulers, keyed by id; the first field must be one
-        every scheduler has (e.g. name): a scheduler without it is left out as gone."""
+        """Selected hash fields of many schedulers, keyed by id (a scheduler gone is left
+        out); a name not stored is the default one, an owner is named, not coded."""
         ids = await self.scheduler_ids() if ids is None else list(ids)
         found: dict[str, list[str | None]] = {}
+        asked = json.dumps(["epoch", *fields])  # every scheduler has an epoch
+        width = len(fields) + 1
         for start in range(0, len(ids), READ_CHUNK):
             chunk = ids[start : start + READ_CHUNK]
-            reply = await self._call("fields", [json.dumps(list(fields)), json.dumps(chunk)])
-            width = len(fields)
+            reply = await self._call("fields", [asked, json.dumps(chunk)])
             for at, id in zip(range(0, len(reply), width), chunk, strict=True):
                 if reply[at] is not None:
-                    found[id] = reply[at : at + width]
+                    found[id] = reply[at + 1 : at + width]
+        if "name" in fields:
+            column = fields.index("name")
+            for row in found.values():
+                row[column] = row[column] or DEFAULT_NAME
         if "owner" in fields and found:
             column, names = fields.index("owner"), await self._owner_names()
             for row in found.values():

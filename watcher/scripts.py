@@ -17,7 +17,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from watcher.hosts import MAX_PAUSE
-from watcher.jobs import DEFAULT_ATTEMPTS, JobState
+from watcher.jobs import DEFAULT_ATTEMPTS, DEFAULT_NAME, JobState
 
 __all__ = ["CHANGED_MAX", "EVENTS_MAX", "MARKER_MAX", "Script", "load_scripts"]
 
@@ -34,6 +34,7 @@ _KEYS_LINE = re.compile(r"^-- KEYS: (.+)$", re.MULTILINE)
 def prelude() -> str:
     constants = [
         f"local DEFAULT_ATTEMPTS = {DEFAULT_ATTEMPTS}",
+        f"local DEFAULT_NAME = '{DEFAULT_NAME}'",
         f"local EVENTS_MAX = {EVENTS_MAX}",
         f"local MARKER_MAX = {MARKER_MAX}",
         f"local CHANGED_MAX = {CHANGED_MAX}",

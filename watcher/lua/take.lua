@@ -113,11 +113,12 @@ for i, jid in ipairs(ids) do
     if j[2] ~= '' then
       sk = P .. 'scheduler:' .. j[2]
       local s = redis.call('HMGET', sk, 'name', 'data', 'state', 'epoch', 'fails', 'seq')
-      if not s[1] then
+      if not s[4] then
         runnable = false -- the scheduler was removed after this run fired
         redis.call('DEL', jk)
       else
-        name, data, state, epoch, fails = s[1], s[2] or '{}', s[3] or '', s[4], s[5] or '0'
+        name, data, state, epoch = s[1] or DEFAULT_NAME, s[2] or '{}', s[3] or '', s[4]
+        fails = s[5] or '0'
         seq = tonumber(s[6] or '0')
       end
     end

@@ -23,7 +23,8 @@ local K = '~'
 local out = {}
 local epoch, created = nil, 0 -- epochs reserved for this call's new schedulers; how many
 -- Fields not stored while at these values (HMGET returns nil for them).
-local DEFAULT = {owner = '', overlap = '0', limit = '0', attempts = tostring(DEFAULT_ATTEMPTS), scope = ''}
+local DEFAULT = {name = DEFAULT_NAME, owner = '', overlap = '0', limit = '0',
+  attempts = tostring(DEFAULT_ATTEMPTS), scope = ''}
 local codes = {[K] = K, [''] = ''}
 local function code_of(owner)
   if not codes[owner] then
@@ -71,9 +72,10 @@ for _, row in ipairs(rows) do
     if first ~= '' then nxt, slot = first, first end
     if not epoch then epoch = redis.call('INCRBY', epochs, #rows) - #rows end -- a block, once
     epoch = epoch + 1
-    local fields = {'name', name, 'data', data, 'spec', spec, 'epoch', epoch, 'rev', 1}
-    local optional = {{'state', state ~= '{}' and state or K}, {'scope', scope}, {'owner', owner},
-      {'overlap', overlap}, {'limit', limit}, {'attempts', attempts}}
+    -- rev is not stored either: a new scheduler has changed 0 times
+    local fields = {'data', data, 'spec', spec, 'epoch', epoch}
+    local optional = {{'name', name}, {'state', state ~= '{}' and state or K}, {'scope', scope},
+      {'owner', owner},      {'overlap', overlap}, {'limit', limit}, {'attempts', attempts}}
     for _, pair in ipairs(optional) do
       local f, v = pair[1], pair[2]
       if v ~= K and v ~= DEFAULT[f] then
