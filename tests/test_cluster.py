@@ -127,7 +127,8 @@ async def test_scheduler_api_and_every_key_on_one_node(
     # One hash tag, one slot: every key of the queue is on the node that serves it.
     owner = redis_cluster.owner(queue.key("schedulers"))
     on_owner = set(redis_cluster.keys_in_slot(owner, key_slot(queue.key("x").encode())))
-    expected = {queue.key(part) for part in ("schedulers", "events", "epochs", "scheduler_count")}
+    parts = ("schedulers", "events", "epochs", "scheduler_count", "owners")
+    expected = {queue.key(part) for part in parts}
     expected |= {queue.key(f"scheduler:r{i}") for i in range(2, 200)}
     assert on_owner == expected
     for port in redis_cluster.ports:
