@@ -328,6 +328,8 @@ class SchedulerInfo:
     overlap: bool
     active_job: str | None
     report: dict[str, Any] | None
+    updated_ms: int | None
+    """When a sync or a write-back last changed it (None: not since it was created)."""
     last_run_ms: int | None
     last_change_ms: int | None
     last_change_details: str | None = None
@@ -357,6 +359,7 @@ class SchedulerInfo:
             overlap=h.get("overlap") == "1",
             active_job=h.get("active") or None,
             report=json.loads(h["report"]) if h.get("report") else None,
+            updated_ms=opt_int("updated"),
             last_run_ms=opt_int("last_run"),
             last_change_ms=opt_int("last_change"),
             last_change_details=h.get("diff") or None,

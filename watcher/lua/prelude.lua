@@ -1,6 +1,7 @@
 -- The prelude of every script: watcher/scripts.py puts it in front of each one, after the
--- constants it writes from Python (DEFAULT_ATTEMPTS, DEFAULT_NAME, EVENTS_MAX, MARKER_MAX, CHANGED_MAX,
--- and the job states WAIT, DELAYED, ACTIVE, DONE, FAILED), so each value has one home.
+-- constants it writes from Python (DEFAULT_ATTEMPTS, DEFAULT_NAME, EVENTS_MAX, MARKER_MAX,
+-- CHANGED_MAX, and the job states WAIT, DELAYED, ACTIVE, DONE, FAILED), so each value has one
+-- home.
 
 -- Redis server time in ms: every worker reads the same clock, whatever its own says.
 local function now_ms()

@@ -143,9 +143,10 @@ for i, jid in ipairs(ids) do
       if h ~= '' then redis.call('HSET', jk, 'host', h) end
       if j[7] then redis.call('HDEL', jk, 'rsv') end
       append(leased, deadline, jid)
-      local o = #out
-      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] = jid, token, name, data, state, j[2]
-      out[o + 7], out[o + 8], out[o + 9], out[o + 10], out[o + 11], out[o + 12] = j[3], att, j[6], seq, epoch, fails
+      local o = #out -- the 12 reply fields, set in place (no table per job)
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4] = jid, token, name, data
+      out[o + 5], out[o + 6], out[o + 7], out[o + 8] = state, j[2], j[3], att
+      out[o + 9], out[o + 10], out[o + 11], out[o + 12] = j[6], seq, epoch, fails
     end
   else
     local first = tonumber(redis.call('ZSCORE', orphans, jid) or now)

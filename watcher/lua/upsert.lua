@@ -75,7 +75,7 @@ for _, row in ipairs(rows) do
     -- rev is not stored either: a new scheduler has changed 0 times
     local fields = {'data', data, 'spec', spec, 'epoch', epoch}
     local optional = {{'name', name}, {'state', state ~= '{}' and state or K}, {'scope', scope},
-      {'owner', owner},      {'overlap', overlap}, {'limit', limit}, {'attempts', attempts}}
+      {'owner', owner}, {'overlap', overlap}, {'limit', limit}, {'attempts', attempts}}
     for _, pair in ipairs(optional) do
       local f, v = pair[1], pair[2]
       if v ~= K and v ~= DEFAULT[f] then
