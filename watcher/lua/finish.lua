@@ -80,9 +80,6 @@ end
 
 local out = {}
 local completed_n, failed_n = 0, 0
--- jobs out of `active`, jobs put in `finished`: each in one command, after the loop (nothing
--- in it reads them)
-local ended, listed = {}, {}
 local now_s = tostring(now)
 for _, row in ipairs(cjson.decode(ARGV[5])) do
   local jid, token, kind, delay, payload, state, report, pause, hold, alert =
@@ -96,7 +93,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
     out[#out + 1] = 0
   else
     local code = 1
-    ended[#ended + 1] = jid
+    redis.call('ZREM', active, jid)
     local sk = j[2] ~= '' and (P .. 'scheduler:' .. j[2]) or nil
     local h = j[7]
     if h then
@@ -132,7 +129,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
       end
       -- kept a while, listed among the newest finished (the list is trimmed once, below)
       redis.call('PEXPIRE', jk, (kind == 'ok' and j[2] ~= '') and keep_runs or keep)
-      listed[#listed + 1] = jid
+      redis.call('LPUSH', finished, jid)
       if s[2] == jid then append(write, 'active', '') end
       if current then
         if kind ~= 'ok' then
@@ -162,9 +159,7 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
     out[#out + 1] = code
   end
 end
-each_chunk('ZREM', active, ended)
-each_chunk('LPUSH', finished, listed)
-if #listed > 0 then redis.call('LTRIM', finished, 0, cap - 1) end
+if completed_n + failed_n > 0 then redis.call('LTRIM', finished, 0, cap - 1) end
 if completed_n > 0 then redis.call('INCRBY', completed, completed_n) end
 if failed_n > 0 then redis.call('INCRBY', failed, failed_n) end
 return out

@@ -14,13 +14,6 @@ local function append(list, ...)
   for _, v in ipairs({...}) do list[#list + 1] = v end
 end
 
--- Send a command on one key with many members, in chunks (Lua's unpack has a limit).
-local function each_chunk(command, key, members)
-  for i = 1, #members, 1000 do
-    redis.call(command, key, unpack(members, i, math.min(i + 999, #members)))
-  end
-end
-
 -- Wake idle workers (they BLPOP the marker list). Capped: a wake-up is a hint, not a count.
 local function wake(marker)
   redis.call('LPUSH', marker, 1)

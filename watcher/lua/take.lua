@@ -102,7 +102,6 @@ end
 local out = {now, ''}
 local put_back = 0
 local now_s, deadline = tostring(now), tostring(now + lease)
-local leased = {} -- deadline, job id pairs for `active`: one ZADD after the loop
 for i, jid in ipairs(ids) do
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max', 'rsv')
@@ -142,7 +141,7 @@ for i, jid in ipairs(ids) do
         'att', att, 'seq', seq, 'epoch', epoch)
       if h ~= '' then redis.call('HSET', jk, 'host', h) end
       if j[7] then redis.call('HDEL', jk, 'rsv') end
-      append(leased, deadline, jid)
+      redis.call('ZADD', active, deadline, jid)
       local o = #out -- the 12 reply fields, set in place (no table per job)
       out[o + 1], out[o + 2], out[o + 3], out[o + 4] = jid, token, name, data
       out[o + 5], out[o + 6], out[o + 7], out[o + 8] = state, j[2], j[3], att
@@ -160,7 +159,6 @@ for i, jid in ipairs(ids) do
     end
   end
 end
-each_chunk('ZADD', active, leased) -- chunks of 1000: whole pairs
 if any_held then out[2] = cjson.encode(held) end
 -- Ids put back wake nobody: the workers' next look (within a second) tries them again.
 if redis.call('LLEN', wait) > put_back then wake(marker) end
