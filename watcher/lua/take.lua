@@ -142,10 +142,9 @@ for i, jid in ipairs(ids) do
       if h ~= '' then redis.call('HSET', jk, 'host', h) end
       if j[7] then redis.call('HDEL', jk, 'rsv') end
       redis.call('ZADD', active, deadline, jid)
-      local o = #out -- the 12 reply fields, set in place (no table per job)
-      out[o + 1], out[o + 2], out[o + 3], out[o + 4] = jid, token, name, data
-      out[o + 5], out[o + 6], out[o + 7], out[o + 8] = state, j[2], j[3], att
-      out[o + 9], out[o + 10], out[o + 11], out[o + 12] = j[6], seq, epoch, fails
+      for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch, fails}) do
+        out[#out + 1] = v
+      end
     end
   else
     local first = tonumber(redis.call('ZSCORE', orphans, jid) or now)
