@@ -189,6 +189,7 @@ async def test_a_run_fired_before_a_schedule_change_holds_nothing_back(queue: Qu
     await queue.upsert_scheduler("r", name="etag", every=1, immediately=True)
     await Ticker(queue).tick()
     [job] = await queue.take(1, lease_ms=60_000, worker="w", token_prefix="t")
+    await asyncio.sleep(0.01)  # a sync in the fire's own millisecond counts as before it
     await queue.upsert_scheduler("r", name="etag", every=2)  # a sync, meanwhile
     changed_to = await queue.redis.zscore(queue.key("schedulers"), "r")
     held = Finished(job.lease, "ok", hold_ms=60_000)

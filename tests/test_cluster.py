@@ -31,6 +31,7 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterError, ResponseError
 
 from watcher.change import Change
+from watcher.hosts import Budget
 from watcher.http import make_client
 from watcher.jobs import JobState
 from watcher.notifiers import build_notifiers
@@ -396,6 +397,29 @@ async def test_reshard_loses_no_job_when_take_aborts_on_the_migrating_node(
     assert counts["wait"] + counts["active"] == 3, (
         f"{counts}; jobs: {[await queue.job(i) for i in ids]}"
     )
+
+
+async def test_reshard_loses_no_job_whose_hash_moved_before_the_fixed_keys(
+    redis_cluster: LocalCluster, queue: Queue
+) -> None:
+    """One job's hash has moved, the fixed keys not (each exists: else the node answers
+    TRYAGAIN): take.lua runs on the node the slot is leaving and cannot read that hash ("non
+    local key"). It used to lose that id and every id popped after it; now the jobs before it
+    are taken and the rest go back to the front of wait, in order."""
+    await queue.add_job("h", {"later": True}, delay=3600)  # `delayed`
+    [first] = await queue.add_jobs("h", [{"n": 0}])
+    assert [job.id for job in await take(queue, 1)] == [first]  # `active`
+    ids = await queue.add_jobs("h", [{"n": i} for i in range(1, 5)])
+    await queue.set_budgets({"default": Budget(interval_ms=0, burst=1, concurrency=0)})
+    await queue.redis.sadd(queue.key("parked"), "-")
+    await queue.redis.sadd(queue.key("hostnames"), "-")
+    await queue.redis.zadd(queue.key("orphans"), {"-": 0})
+    with slot_migrating(redis_cluster, queue) as (source, target):
+        redis_cluster.migrate_keys(source, target, [queue.key(f"job:{ids[2]}")])
+        taken = await take(queue, 10)
+        assert [job.id for job in taken] == ids[:2]
+        assert await queue.redis.lrange(queue.key("wait"), 0, -1) == ids[2:]
+    assert [job.id for job in await take(queue, 10)] == ids[2:]
 
 
 async def take(queue: Queue, count: int) -> list[Job]:

@@ -345,8 +345,12 @@ async def test_unstorable_state_fails_the_job_and_the_worker_goes_on(queue: Queu
     assert job and job.state is JobState.FAILED and "not JSON-serialisable" in (job.error or "")
 
 
-async def test_a_scheduler_entry_without_its_hash_is_dropped(queue: Queue) -> None:
-    """500 stale entries (due, no hash) must not starve a real scheduler."""
+async def test_a_scheduler_entry_without_its_hash_is_put_off_then_dropped(queue: Queue) -> None:
+    """600 stale entries (due, no hash) must not starve a real scheduler. Each is put off a
+    second at a time (mid-reshard its hash may still be arriving), and dropped once missing
+    for a minute."""
+    from watcher.ticker import Ticker
+
     await queue.redis.zadd(queue.key("schedulers"), {f"ghost{i}": i for i in range(600)})
     await queue.upsert_scheduler("real", name="h", every=0.1)
     ran: list[str] = []
@@ -356,6 +360,16 @@ async def test_a_scheduler_entry_without_its_hash_is_dropped(queue: Queue) -> No
 
     async with running(Worker(queue, {"h": h})):
         await wait_for(lambda: _ran(ran, 1), 5)
+    now = await queue.now_ms()
+    ghosts = await queue.redis.zrange(queue.key("schedulers"), 0, -1, withscores=True)
+    assert all(score > now - 5_000 for id, score in ghosts if id.startswith("ghost"))
+    assert len(ghosts) == 601
+
+    missing_since = now - 61_000  # as if missing for over a minute
+    await queue.redis.zadd(queue.key("orphans"), {f"s:ghost{i}": missing_since for i in range(600)})
+    await queue.redis.zadd(queue.key("schedulers"), {f"ghost{i}": i for i in range(600)})
+    for _ in range(2):  # due reads 500 a tick
+        await Ticker(queue).tick()
     assert await queue.redis.zrange(queue.key("schedulers"), 0, -1) == ["real"]
 
 

@@ -1,9 +1,9 @@
 -- The schedulers due now, with what computing their next fire time needs.
--- KEYS: schedulers
+-- KEYS: schedulers orphans
 -- ARGV: prefix, max count.
 -- Returns: server time (ms), the earliest score not returned ("" if none), then 4 fields per
 -- scheduler: id, score, spec, slot ("" = the score is the slot).
-local schedulers = KEYS[1]
+local schedulers, orphans = KEYS[1], KEYS[2]
 local P, limit = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', schedulers, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
@@ -18,7 +18,7 @@ for i = 1, #due, 2 do
     out[#out + 1] = s[1]
     out[#out + 1] = s[2] or ''
   else
-    redis.call('ZREM', schedulers, due[i]) -- an entry without its hash never runs
+    scheduler_missing(schedulers, orphans, due[i], now)
   end
 end
 return out

@@ -3,12 +3,13 @@
 -- pending or active is skipped and counted. The job carries no data: the run reads the
 -- scheduler's data when it starts. A row that says not to run only moves the scheduler (an
 -- overdue run put off to a time spread over its interval).
--- KEYS: schedulers id wait marker
+-- KEYS: schedulers id wait marker orphans
 -- ARGV: prefix, a JSON array with one array of 5 strings per scheduler: id, expected score,
 -- next score ("" = ended), next slot, run ("1", or "0": only move it) (one argument: packing
 -- thousands costs a client most).
 -- Returns: {fired, skipped}.
-local schedulers, id_key, wait, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local schedulers, id_key, wait, marker, orphans =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local P = ARGV[1]
 local now = now_ms()
 local fired, skipped = 0, 0
@@ -36,7 +37,7 @@ for _, row in ipairs(rows) do
     local s = redis.call('HMGET', key, 'spec', 'active', 'overlap', 'limit', 'count', 'attempts',
       'slot')
     if not s[1] then
-      redis.call('ZREM', schedulers, id) -- a scheduler without its hash: nothing to run
+      scheduler_missing(schedulers, orphans, id, now)
     else
       local limit, count = tonumber(s[4]) or 0, tonumber(s[5]) or 0
       local busy = false

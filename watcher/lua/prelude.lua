@@ -14,6 +14,26 @@ local function append(list, ...)
   for _, v in ipairs({...}) do list[#list + 1] = v end
 end
 
+-- How long a key named from data may be missing before it counts as lost (not merely still
+-- on the node a resharded slot is leaving).
+local ORPHAN_MS = 60000
+
+-- A scheduler in `schedulers` without its hash: mid-reshard the hash may not have arrived on
+-- the node the script runs on, so it is put off a second at a time; once missing for
+-- ORPHAN_MS (lost with Redis's memory), it is unscheduled.
+local function scheduler_missing(schedulers, orphans, id, now)
+  local member = 's:' .. id
+  local first = tonumber(redis.call('ZSCORE', orphans, member) or now)
+  if now - first < ORPHAN_MS then
+    redis.call('ZADD', orphans, 'NX', now, member)
+    redis.call('PEXPIRE', orphans, 2 * ORPHAN_MS)
+    redis.call('ZADD', schedulers, now + 1000, id)
+  else
+    redis.call('ZREM', orphans, member)
+    redis.call('ZREM', schedulers, id)
+  end
+end
+
 -- Wake idle workers (they BLPOP the marker list). Capped: a wake-up is a hint, not a count.
 local function wake(marker)
   redis.call('LPUSH', marker, 1)

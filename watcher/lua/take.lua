@@ -20,7 +20,6 @@
 -- (scheduler, at, seq, epoch and failures are "" for a one-off job).
 local delayed, wait, active, marker, hosts, parked, orphans, hostnames =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local ORPHAN_MS = 60000
 local P, n, lease, worker, tp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
@@ -29,8 +28,9 @@ for _, jid in ipairs(due) do
   redis.call('RPUSH', wait, jid)
   redis.call('HSET', P .. 'job:' .. jid, 'st', WAIT)
 end
-local ids = redis.call('LPOP', wait, n)
-if not ids then return {now, ''} end
+-- Read, not popped: they leave wait once taken (the LTRIM after the loop).
+local ids = redis.call('LRANGE', wait, 0, n - 1)
+if #ids == 0 then return {now, ''} end
 
 local limited = redis.call('EXISTS', hosts) == 1
 local budgets, states, held, any_held = {}, {}, {}, false
@@ -102,7 +102,7 @@ end
 local out = {now, ''}
 local put_back = 0
 local now_s, deadline = tostring(now), tostring(now + lease)
-for i, jid in ipairs(ids) do
+local function take_one(i, jid)
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max', 'rsv')
   if j[5] then
@@ -158,6 +158,25 @@ for i, jid in ipairs(ids) do
     end
   end
 end
+
+-- If a job's keys cannot be read here (mid-reshard, on the node the slot is leaving, a key
+-- that has already moved: "non local key"), that id and the ones after it stay at the front
+-- of wait, untouched, rather than be lost with the error (a run lost so would keep its
+-- scheduler busy for good); the jobs taken before it are returned. Any other error is
+-- raised once the ids taken are out of wait.
+local taken_n = #ids
+for i, jid in ipairs(ids) do
+  local ok, err = pcall(take_one, i, jid)
+  if not ok then
+    taken_n = i - 1
+    put_back = put_back + #ids - taken_n
+    redis.call('LTRIM', wait, taken_n, -1)
+    local message = type(err) == 'table' and err.err or tostring(err)
+    if not string.find(message, 'non local key', 1, true) then error(err) end
+    break
+  end
+end
+if taken_n == #ids then redis.call('LTRIM', wait, taken_n, -1) end
 if any_held then out[2] = cjson.encode(held) end
 -- Ids put back wake nobody: the workers' next look (within a second) tries them again.
 if redis.call('LLEN', wait) > put_back then wake(marker) end
