@@ -24,9 +24,10 @@ cluster slot, so every script runs unchanged on Redis Cluster.
   marker           LIST   wake-up tokens for idle workers (BLPOP), capped at 64
   active           ZSET   job id -> lease deadline (ms)
   delayed          ZSET   job id -> time due (retries with backoff, delayed jobs)
-  orphans          ZSET   job id -> when take found it in wait without its hash (ms): put
-                          back for up to a minute (mid-reshard the hash is still on the
-                          node the slot is leaving), then dropped; expires when unused
+  orphans          ZSET   job id (or "s:" + scheduler id) -> when a script first found it
+                          without its hash (ms): put back (a scheduler: put off a second) for
+                          up to a minute, as mid-reshard the hash may be on the other node,
+                          then dropped (unscheduled); expires when unused
   job:<id>         HASH   name, data, sched, at (planned fire ms), st, att, max, token, wk,
                           seq, epoch, created, started, finished, res, err (TTL once finished)
   finished         LIST   the newest finished job ids, capped
