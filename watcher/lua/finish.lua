@@ -80,7 +80,6 @@ end
 
 local out = {}
 local completed_n, failed_n = 0, 0
-local now_s = tostring(now)
 for _, row in ipairs(cjson.decode(ARGV[5])) do
   local jid, token, kind, delay, payload, state, report, pause, hold, alert =
     row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10]
@@ -119,10 +118,10 @@ for _, row in ipairs(cjson.decode(ARGV[5])) do
       if current then fail_once(sk, failing, j[2]) end
     else
       if kind == 'ok' then
-        redis.call('HSET', jk, 'st', DONE, 'token', '', 'res', payload, 'finished', now_s)
+        redis.call('HSET', jk, 'st', DONE, 'token', '', 'res', payload, 'finished', now)
         completed_n = completed_n + 1
       else
-        redis.call('HSET', jk, 'st', FAILED, 'token', '', 'err', payload, 'finished', now_s)
+        redis.call('HSET', jk, 'st', FAILED, 'token', '', 'err', payload, 'finished', now)
         failed_n = failed_n + 1
         event(events, 'event', 'failed', 'job', jid, 'scheduler', j[2], 'attempt', j[3],
           'error', payload)

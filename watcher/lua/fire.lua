@@ -15,7 +15,6 @@ local now = now_ms()
 local fired, skipped = 0, 0
 local live = {[WAIT] = true, [ACTIVE] = true, [DELAYED] = true}
 local rows = cjson.decode(ARGV[2])
-local now_s = tostring(now)
 -- Job ids are taken from the counter once per call, as many as there are rows: unique,
 -- if not every one is used.
 local next_id, last_id = 1, 0
@@ -50,7 +49,7 @@ for _, row in ipairs(rows) do
       else
         local jid = new_id()
         redis.call('HSET', P .. 'job:' .. jid, 'name', '', 'sched', id, 'at', expected,
-          'st', WAIT, 'att', '0', 'max', s[6] or DEFAULT_ATTEMPTS, 'created', now_s)
+          'st', WAIT, 'att', 0, 'max', s[6] or DEFAULT_ATTEMPTS, 'created', now)
         redis.call('RPUSH', wait, jid)
         count = count + 1
         redis.call('HSET', key, 'active', jid, 'count', count)

@@ -18,18 +18,25 @@ end
 -- on the node a resharded slot is leaving).
 local ORPHAN_MS = 60000
 
--- A scheduler in `schedulers` without its hash: mid-reshard the hash may not have arrived on
--- the node the script runs on, so it is put off a second at a time; once missing for
--- ORPHAN_MS (lost with Redis's memory), it is unscheduled.
-local function scheduler_missing(schedulers, orphans, id, now)
-  local member = 's:' .. id
+-- Whether a key named from data, found missing, may still arrive (its first miss noted in
+-- `orphans` under `member`), or has been missing for ORPHAN_MS and counts as lost.
+local function may_arrive(orphans, member, now)
   local first = tonumber(redis.call('ZSCORE', orphans, member) or now)
   if now - first < ORPHAN_MS then
     redis.call('ZADD', orphans, 'NX', now, member)
-    redis.call('PEXPIRE', orphans, 2 * ORPHAN_MS)
+    redis.call('PEXPIRE', orphans, 2 * ORPHAN_MS) -- members seen once do not stay for ever
+    return true
+  end
+  redis.call('ZREM', orphans, member)
+  return false
+end
+
+-- A scheduler in `schedulers` without its hash: mid-reshard the hash may not have arrived on
+-- the node the script runs on, so it is put off a second at a time; once lost, unscheduled.
+local function scheduler_missing(schedulers, orphans, id, now)
+  if may_arrive(orphans, 's:' .. id, now) then
     redis.call('ZADD', schedulers, now + 1000, id)
   else
-    redis.call('ZREM', orphans, member)
     redis.call('ZREM', schedulers, id)
   end
 end

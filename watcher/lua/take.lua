@@ -101,7 +101,6 @@ end
 
 local out = {now, ''}
 local put_back = 0
-local now_s, deadline = tostring(now), tostring(now + lease)
 local function take_one(i, jid)
   local jk = P .. 'job:' .. jid
   local j = redis.call('HMGET', jk, 'name', 'sched', 'at', 'data', 'att', 'max', 'rsv')
@@ -133,28 +132,23 @@ local function take_one(i, jid)
     if runnable then
       if sk then
         seq = seq + 1 -- atomic: nothing else runs meanwhile
-        redis.call('HSET', sk, 'seq', seq, 'last_run', now_s)
+        redis.call('HSET', sk, 'seq', seq, 'last_run', now)
       end
       local token = tp .. i
       local att = tonumber(j[5]) + 1
-      redis.call('HSET', jk, 'st', ACTIVE, 'token', token, 'wk', worker, 'started', now_s,
+      redis.call('HSET', jk, 'st', ACTIVE, 'token', token, 'wk', worker, 'started', now,
         'att', att, 'seq', seq, 'epoch', epoch)
       if h ~= '' then redis.call('HSET', jk, 'host', h) end
       if j[7] then redis.call('HDEL', jk, 'rsv') end
-      redis.call('ZADD', active, deadline, jid)
+      redis.call('ZADD', active, now + lease, jid)
       for _, v in ipairs({jid, token, name, data, state, j[2], j[3], att, j[6], seq, epoch, fails}) do
         out[#out + 1] = v
       end
     end
   else
-    local first = tonumber(redis.call('ZSCORE', orphans, jid) or now)
-    if now - first < ORPHAN_MS then
-      redis.call('ZADD', orphans, 'NX', now, jid)
-      redis.call('PEXPIRE', orphans, 2 * ORPHAN_MS) -- ids seen once do not stay for ever
+    if may_arrive(orphans, jid, now) then
       redis.call('RPUSH', wait, jid)
       put_back = put_back + 1
-    else
-      redis.call('ZREM', orphans, jid)
     end
   end
 end
@@ -164,19 +158,20 @@ end
 -- of wait, untouched, rather than be lost with the error (a run lost so would keep its
 -- scheduler busy for good); the jobs taken before it are returned. Any other error is
 -- raised once the ids taken are out of wait.
-local taken_n = #ids
+local taken_n, failure = #ids, nil
 for i, jid in ipairs(ids) do
   local ok, err = pcall(take_one, i, jid)
   if not ok then
-    taken_n = i - 1
-    put_back = put_back + #ids - taken_n
-    redis.call('LTRIM', wait, taken_n, -1)
-    local message = type(err) == 'table' and err.err or tostring(err)
-    if not string.find(message, 'non local key', 1, true) then error(err) end
+    taken_n, failure = i - 1, err
     break
   end
 end
-if taken_n == #ids then redis.call('LTRIM', wait, taken_n, -1) end
+redis.call('LTRIM', wait, taken_n, -1)
+put_back = put_back + #ids - taken_n
+if failure then
+  local message = type(failure) == 'table' and failure.err or tostring(failure)
+  if not string.find(message, 'non local key', 1, true) then error(failure) end
+end
 if any_held then out[2] = cjson.encode(held) end
 -- Ids put back wake nobody: the workers' next look (within a second) tries them again.
 if redis.call('LLEN', wait) > put_back then wake(marker) end
